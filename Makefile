@@ -13,7 +13,6 @@ $(VENV)/bin/python:
 
 # Installs the app with its test extras on a CPU-only torch.
 install-test: $(VENV)/bin/python
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_CPU)" || $(PY) -m pip install -q "$(TORCH_CPU)" --index-url "$(TORCH_CPU_INDEX)"
 	$(PY) -m pip install -q -e ".[test,dev]"
 

@@ -1,0 +1,224 @@
+"""Typed, versioned messages between the bot process and the engine worker process.
+
+Why a module of plain dataclasses: the bot imports this without torch (it must start fast and stay
+light), and both sides agree on one definition of every message.  Messages travel between our own
+two processes over a multiprocessing pipe; ``PROTOCOL_VERSION`` is checked in the worker's hello so a
+bot and a worker from different releases refuse each other instead of misreading fields.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+
+
+class FailureKind(enum.StrEnum):
+    """Why a job failed; each kind gets its own message for the user."""
+
+    BAD_REQUEST = "bad_request"
+    OUT_OF_MEMORY = "out_of_memory"
+    WORKER_CRASHED = "worker_crashed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+    SHUTDOWN = "shutdown"  # the engine stopped before the job ran; safe to submit again after a restart
+
+
+@dataclass(frozen=True, slots=True)
+class HypernetRef:
+    """One hypernetwork applied to a request, in application order.
+
+    ``sha256`` names the canonical file in the worker's model store; the worker never builds a path
+    from ``name`` (user text), only from a validated hex digest.
+    """
+
+    name: str
+    sha256: str
+    multiplier: float
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """Everything needed to render one job (``count`` images with seeds ``seed``, ``seed + 1``, ...).
+
+    ``prompt`` is the text for the text encoder (hypernet tags removed); ``prompt_line`` is the prompt
+    as written to the PNG infotext (tags kept, normalised to ``<hypernet:name:mult>``).
+    """
+
+    job_id: int
+    user_id: int
+    prompt: str
+    prompt_line: str
+    negative_prompt: str = ""
+    hypernets: tuple[HypernetRef, ...] = ()
+    seed: int = 0
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler: str = "Euler a"
+    width: int = 512
+    height: int = 512
+    count: int = 1
+
+    def batch_key(self) -> tuple[object, ...]:
+        """Jobs with equal keys can share one UNet batch (hypernets and seeds may differ)."""
+        return (self.width, self.height, self.steps, self.sampler)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How the worker process sets itself up; built by the bot from its settings.
+
+    Carries no secrets: the worker is spawned with an environment that lacks the bot token, and this
+    is the only configuration it receives.
+    """
+
+    checkpoint: str = "tiny"
+    device: str = "auto"  # auto | cuda | cpu
+    dtype: str = "auto"  # auto | float16 | bfloat16 | float32
+    hypernet_dtype: str = "auto"  # auto = the UNet's dtype on GPU, float32 on CPU
+    max_batch: int = 4
+    hypernet_cache_bytes: int = 512 * 1024 * 1024
+    model_store_dir: str = "models/store"  # canonical hypernet files named <sha256>.safetensors
+    progress_interval_s: float = 0.5
+
+
+# ---- bot -> worker ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitBatch:
+    """Render these requests together in one UNet batch."""
+
+    batch_id: int
+    requests: tuple[GenerateRequest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop a job between steps (its batch-mates keep going)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Heartbeat request; the worker answers with ``Health``."""
+
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Finish nothing new; exit cleanly."""
+
+
+# ---- worker -> bot ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message from a worker once its pipeline is loaded."""
+
+    protocol_version: int
+    pid: int
+    device: str
+    checkpoint: str
+    dtype: str
+    context_dim: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Answer to ``Ping``; also carries the figures an owner's /status shows."""
+
+    nonce: int
+    busy: bool
+    vram_used_bytes: int = 0
+    hypernet_cache_bytes: int = 0
+    hypernet_cache_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Step ``step`` of ``total`` finished for a job (sent at a bounded rate)."""
+
+    job_id: int
+    step: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A finished job: PNG bytes (with infotext) per image, the seeds used, and any warnings."""
+
+    job_id: int
+    images: tuple[bytes, ...]
+    seeds: tuple[int, ...]
+    duration_s: float
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that did not finish; ``message`` is safe to show the user.
+
+    ``retryable`` says whether submitting the same request again may succeed (crash, shutdown) as
+    opposed to failing the same way (bad request, out of memory at this size).
+    """
+
+    job_id: int
+    kind: FailureKind
+    message: str
+    hint: str = ""
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """The worker finished a ``SubmitBatch`` (every job in it got a Result or Failure) and is idle.
+
+    ``steps`` and ``step_time_s`` feed the owner's status figures (average time per UNet step).
+    """
+
+    batch_id: int
+    images: int
+    steps: int
+    step_time_s: float
+    duration_s: float
+
+
+# ---- client -> bot (events on a JobHandle; never sent over the pipe) -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The job waits; ``position`` jobs will be served before it (0 = next).  Sent again when it moves."""
+
+    job_id: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The job was handed to the worker; ``attempt`` is 1 normally, 2 when re-run after a worker crash."""
+
+    job_id: int
+    attempt: int
+
+
+JobEvent = Queued | Started | Progress | Result | Failure
+TERMINAL_EVENTS = (Result, Failure)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What goes over the pipe: a version stamp around one message."""
+
+    version: int
+    message: object = field(default=None)
+
+
+def wrap(message: object) -> Envelope:
+    return Envelope(PROTOCOL_VERSION, message)
