@@ -2,6 +2,7 @@
 
     python -m bot                    run the bot (token from DISCORD_TOKEN or DISCORD_TOKEN_FILE)
     python -m bot --check-config     print the resolved settings (secrets redacted); exit 0 if valid
+    python -m bot --healthcheck      exit 0 if the running bot reports itself healthy (Docker HEALTHCHECK)
     python -m bot --sync-global      also publish the slash commands globally at start (rate-limited by Discord)
 """
 
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      "with A1111 hypernetworks.")
     parser.add_argument("--config", help="path to config.toml (default: $HYPERCORD_CONFIG or ./config.toml)")
     parser.add_argument("--check-config", action="store_true", help="print the resolved settings and exit 0/1")
+    parser.add_argument("--healthcheck", action="store_true",
+                        help="exit 0 if the running bot reports itself healthy (for container health checks)")
     parser.add_argument("--sync-global", action="store_true",
                         help="publish slash commands globally at start (Discord limits command creation per day)")
     return parser.parse_args(argv)
@@ -48,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.healthcheck:
+        from bot.health import check_health, health_path
+
+        healthy, reason = check_health(health_path(settings.storage.database))
+        print(reason)
+        return 0 if healthy else 1
     if args.check_config:
         print(json.dumps(settings.redacted(), indent=2))
         return 0
