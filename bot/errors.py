@@ -14,6 +14,10 @@ import uuid
 import discord
 from discord import app_commands
 
+from bot.db import StoreError
+from engine.errors import EngineError
+from engine.prompt import PromptError
+
 log = logging.getLogger(__name__)
 
 
@@ -39,10 +43,9 @@ def _message_for(error: app_commands.AppCommandError) -> str | None:
     original = getattr(error, "original", error)
     if isinstance(original, UserFacingError):
         return original.message
-    # Engine and store errors carry user-safe messages by contract.
-    for module in ("engine.errors", "bot.store", "engine.prompt"):
-        if type(original).__module__ == module:
-            return str(original)
+    # Engine, store and prompt errors carry user-safe messages by contract.
+    if isinstance(original, (StoreError, EngineError, PromptError)):
+        return str(original)
     if isinstance(error, app_commands.CommandOnCooldown):
         return f"Slow down: try again in {error.retry_after:.0f} s."
     if isinstance(error, app_commands.MissingPermissions):

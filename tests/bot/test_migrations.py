@@ -1,0 +1,183 @@
+"""Migrations on real SQLite files: from empty, re-open, refusal of newer schemas, backups, rollback of a bad step."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.db import Database
+from bot.migrations import Migration, MigrationError, SchemaTooNew, load_migrations, migrate
+from bot.migrations.migrate import split_statements
+from bot.store import NewJob, Store
+
+EXPECTED_TABLES = {"jobs", "job_hypernets", "hypernets"}
+
+
+def _user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _backups(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.v*.bak"))
+
+
+def _job(user_id: int = 1) -> NewJob:
+    return NewJob(user_id=user_id, guild_id=10, channel_id=20, prompt="a cat", seed=1, steps=20, cfg_scale=7.0,
+                  sampler="Euler a", width=512, height=512, checkpoint="tiny")
+
+
+def test_packaged_migrations_are_numbered_from_one() -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert migrations[0].name == "init"
+
+
+@pytest.mark.asyncio
+async def test_fresh_database_gets_the_latest_schema_without_a_backup(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "hypercord.db"
+    store = await Store.open(path)
+    await store.close()
+    latest = len(load_migrations())
+    assert store.migration.from_version == 0
+    assert store.migration.to_version == latest
+    assert store.migration.backup_path is None
+    assert _user_version(path) == latest
+    assert _tables(path) >= EXPECTED_TABLES
+    assert _backups(path) == []
+
+
+@pytest.mark.asyncio
+async def test_reopening_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "hypercord.db"
+    store = await Store.open(path)
+    job = await store.jobs.create(_job())
+    await store.close()
+
+    again = await Store.open(path)
+    try:
+        assert again.migration.applied == 0
+        assert again.migration.backup_path is None
+        assert await again.jobs.get(job.id) == job
+    finally:
+        await again.close()
+    assert _backups(path) == []
+
+
+@pytest.mark.asyncio
+async def test_newer_database_is_refused_with_a_clear_message_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "hypercord.db"
+    store = await Store.open(path)
+    await store.close()
+    latest = len(load_migrations())
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {latest + 3}")
+
+    with pytest.raises(SchemaTooNew) as caught:
+        await Store.open(path)
+    assert str(caught.value) == (
+        f"Database {path} has schema version {latest + 3}, but this version of Hypercord only knows versions up to "
+        f"{latest}. It was written by a newer Hypercord: upgrade Hypercord, or restore a backup made before the "
+        f"upgrade. Refusing to open it."
+    )
+    assert _user_version(path) == latest + 3
+    assert _backups(path) == []
+
+
+M1 = Migration(1, "people", "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n")
+M2 = Migration(2, "pets", "-- pets belong to people\nCREATE TABLE pets (\n  id INTEGER PRIMARY KEY,\n"
+                          "  owner INTEGER NOT NULL REFERENCES people (id)\n);\n")
+
+
+@pytest.mark.asyncio
+async def test_existing_data_is_backed_up_before_migrating(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    db = await Database.open(path)
+    try:
+        first = await migrate(db, [M1])
+        assert (first.from_version, first.to_version, first.backup_path) == (0, 1, None)
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO people (name) VALUES ('ada')")
+
+        second = await migrate(db, [M1, M2])
+    finally:
+        await db.close()
+    assert (second.from_version, second.to_version) == (1, 2)
+    assert second.backup_path is not None and second.backup_path.exists()
+    assert _backups(path) == [second.backup_path]
+    assert second.backup_path.name.startswith("db.sqlite.v1-")
+    # The copy is the database as it was: version 1, the row, and no table from migration 2.
+    assert _user_version(second.backup_path) == 1
+    assert _tables(second.backup_path) == {"people"}
+    with sqlite3.connect(second.backup_path) as conn:
+        assert conn.execute("SELECT name FROM people").fetchall() == [("ada",)]
+    assert _user_version(path) == 2
+    assert {"people", "pets"} <= _tables(path)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_migration_is_rolled_back_entirely(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    bad = Migration(2, "broken", "CREATE TABLE half_done (id INTEGER);\nINSERT INTO no_such_table VALUES (1);\n")
+    db = await Database.open(path)
+    try:
+        await migrate(db, [M1])
+        with pytest.raises(MigrationError, match=r"^Migration 0002_broken failed and was rolled back: no such table"):
+            await migrate(db, [M1, bad])
+        # The connection is usable afterwards and the failed step left nothing behind.
+        assert await db.pragma("user_version") == 1
+    finally:
+        await db.close()
+    assert _tables(path) == {"people"}
+
+
+@pytest.mark.asyncio
+async def test_a_migration_breaking_foreign_keys_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    orphan = Migration(3, "orphan", "INSERT INTO pets (id, owner) VALUES (1, 999);\n")
+    bad = Migration(3, "orphan", "PRAGMA defer_foreign_keys = ON;\n" + orphan.sql)
+    db = await Database.open(path)
+    try:
+        await migrate(db, [M1, M2])
+        # Without deferral SQLite refuses the row itself; with deferral our foreign_key_check catches it.
+        with pytest.raises(MigrationError, match="FOREIGN KEY constraint failed"):
+            await migrate(db, [M1, M2, orphan])
+        with pytest.raises(MigrationError, match="left 1 foreign key violation"):
+            await migrate(db, [M1, M2, bad])
+        assert await db.pragma("user_version") == 2
+    finally:
+        await db.close()
+
+
+@pytest.mark.asyncio
+async def test_bad_migration_lists_are_refused(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "db.sqlite")
+    try:
+        with pytest.raises(MigrationError, match="expected 0002, found 0003_pets"):
+            await migrate(db, [M1, Migration(3, "pets", M2.sql)])
+        with pytest.raises(MigrationError, match="controls transactions itself"):
+            await migrate(db, [Migration(1, "tx", "BEGIN;\nCREATE TABLE t (x);\nCOMMIT;\n")])
+        assert await db.pragma("user_version") == 0
+    finally:
+        await db.close()
+
+
+def test_split_statements_keeps_triggers_whole_and_drops_comments() -> None:
+    sql = (
+        "-- header\n"
+        "CREATE TABLE a (x);\n"
+        "CREATE TRIGGER t AFTER INSERT ON a BEGIN\n  INSERT INTO a VALUES (1);\n  SELECT 1;\nEND;\n"
+        "-- trailing comment\n"
+    )
+    statements = split_statements(sql)
+    assert len(statements) == 2
+    assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
+    with pytest.raises(MigrationError, match="unfinished statement"):
+        split_statements("CREATE TABLE a (x)")
