@@ -202,10 +202,14 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """The job was handed to the worker; ``attempt`` is 1 normally, 2 when re-run after a worker crash."""
+    """The job was handed to the worker; ``attempt`` is 1 normally, 2 when re-run after a worker crash.
+
+    Jobs with the same ``batch_id`` share one UNet batch.
+    """
 
     job_id: int
     attempt: int
+    batch_id: int = 0
 
 
 JobEvent = Queued | Started | Progress | Result | Failure
