@@ -17,17 +17,10 @@ import contextlib
 import itertools
 import logging
 import os
-import queue
-import re
-import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from pathlib import Path
 
 from engine.errors import JobFailed, UnknownJob, WorkerUnavailable
 from engine.protocol import (
@@ -35,7 +28,6 @@ from engine.protocol import (
     TERMINAL_EVENTS,
     BatchDone,
     Cancel,
-    Envelope,
     Failure,
     FailureKind,
     GenerateRequest,
@@ -50,30 +42,11 @@ from engine.protocol import (
     Started,
     SubmitBatch,
     WorkerConfig,
-    wrap,
 )
 from engine.scheduler import FairScheduler, Job
+from engine.worker_link import Exited, WorkerLink, worker_env
 
 log = logging.getLogger("engine.client")
-
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
-_FAULTS_ENV = "HYPERCORD_TEST_FAULTS"
-
-
-def worker_env(base: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment: ``base`` minus anything Discord- or secret-like, plus ``extra``.
-
-    Test fault injection is dropped from ``base`` too: it reaches a worker only when a test passes
-    it explicitly in ``extra``.
-    """
-    env = {k: v for k, v in base.items() if not (k.startswith("DISCORD_") or _SECRET_NAME.search(k) or k == _FAULTS_ENV)}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    env.update(extra or {})
-    leaked = [k for k in env if k.startswith("DISCORD_") or _SECRET_NAME.search(k)]
-    assert not leaked, f"refusing to pass secret-like variables to the worker: {leaked}"
-    return env
-
 
 class JobHandle:
     """One submitted job: its events (Queued*, Started, Progress*, then one Result or Failure) and outcome."""
@@ -149,71 +122,6 @@ class EngineStatus:
     restarts: int
 
 
-class _WorkerLink:
-    """One worker process and its two pipe threads; messages reach the loop tagged with ``gen``."""
-
-    def __init__(self, gen: int, config: WorkerConfig, env: Mapping[str, str], loop: asyncio.AbstractEventLoop,
-                 inbox: asyncio.Queue[tuple[int, object]]) -> None:
-        self.gen = gen
-        parent, child = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "engine.worker", "--fd", str(child.fileno())],
-                                         env=dict(env), pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
-        finally:
-            child.close()
-        self.conn = Connection(parent.detach())
-        self._out: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._loop, self._inbox = loop, inbox
-        self.send(config)
-        threading.Thread(target=self._read, name=f"engine-read-{gen}", daemon=True).start()
-        threading.Thread(target=self._write, name=f"engine-write-{gen}", daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, message: object) -> None:
-        self._out.put(wrap(message))
-
-    def _write(self) -> None:
-        while (env := self._out.get()) is not None:
-            try:
-                self.conn.send(env)
-            except OSError:
-                return
-
-    def _read(self) -> None:
-        while True:
-            try:
-                env = self.conn.recv()
-            except (EOFError, OSError):
-                break
-            if isinstance(env, Envelope) and env.version == PROTOCOL_VERSION:
-                self._post(env.message)
-        try:
-            code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            code = None
-        self._post(_Exited(code))
-
-    def _post(self, message: object) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed during interpreter shutdown
-            self._loop.call_soon_threadsafe(self._inbox.put_nowait, (self.gen, message))
-
-    def kill(self) -> None:
-        """SIGKILL (works on a SIGSTOPped process too) and close the pipe."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        self._out.put(None)
-        with contextlib.suppress(OSError):
-            self.conn.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _Exited:
-    code: int | None
-
-
 _WAKE = object()
 
 
@@ -234,7 +142,7 @@ class EngineClient:
         self._batch: dict[int, Job] = {}  # jobs of the worker's current batch not yet answered, by id
         self._batch_id: int | None = None  # the batch the worker is on (None = idle)
         self._batch_ids = itertools.count(1)
-        self._link: _WorkerLink | None = None
+        self._link: WorkerLink | None = None
         self._hello: Hello | None = None
         self._health: Health | None = None
         self._state = "stopped"
@@ -367,7 +275,7 @@ class EngineClient:
         """Start a worker and wait for its Hello; returns why it failed, or None."""
         assert self._inbox is not None
         self._state, self._gen = "starting", self._gen + 1
-        self._link = _WorkerLink(self._gen, self.config, worker_env(os.environ, self._extra_env),
+        self._link = WorkerLink(self._gen, self.config, worker_env(os.environ, self._extra_env),
                                  asyncio.get_running_loop(), self._inbox)
         deadline = time.monotonic() + self._start_timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -383,7 +291,7 @@ class EngineClient:
                 self._hello = msg
                 log.info("engine worker %d ready on %s (%s)", msg.pid, msg.device, msg.checkpoint)
                 return None
-            if isinstance(msg, _Exited):
+            if isinstance(msg, Exited):
                 return f"worker exited during start (code {msg.code})"
         return "worker did not start in time"
 
@@ -411,7 +319,7 @@ class EngineClient:
             if gen != self._gen:
                 continue
             last_seen = time.monotonic()
-            if isinstance(msg, _Exited):
+            if isinstance(msg, Exited):
                 return f"worker {self._link.pid} exited with code {msg.code}"
             self._on_message(msg)
 

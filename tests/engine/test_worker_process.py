@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from engine.client import EngineClient, worker_env
+from engine.client import EngineClient
 from engine.errors import JobFailed, QueueFull, WorkerUnavailable
 from engine.protocol import (
     Failure,
@@ -38,6 +38,7 @@ from engine.protocol import (
     Started,
     WorkerConfig,
 )
+from engine.worker_link import worker_env
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
