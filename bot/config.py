@@ -88,7 +88,7 @@ class IntakeSettings:
     allow_private_addresses: bool = _opt(False)
     max_file_mb: int = _opt(256, min=1, max=4096)
     download_timeout_s: float = _opt(120.0, min=1, max=3600)
-    sandbox_memory_mb: int = _opt(2048, min=256, max=65536)
+    sandbox_memory_mb: int = _opt(2048, min=1024, max=65536)
     sandbox_cpu_s: int = _opt(60, min=1, max=3600)
 
 
