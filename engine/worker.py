@@ -109,6 +109,7 @@ class Worker:
         self._config = config
         self._faults = faults
         self._send_lock = threading.Lock()
+        self._client_gone = False
         self._work: queue.SimpleQueue[SubmitBatch | Shutdown] = queue.SimpleQueue()
         self._cancelled: set[int] = set()
         self._cancel_lock = threading.Lock()
@@ -123,8 +124,22 @@ class Worker:
     # ---- plumbing -------------------------------------------------------------------------------
 
     def send(self, message: object) -> None:
+        """Send to the bot; if the bot is gone (killed), stop quietly instead of raising mid-batch."""
         with self._send_lock:
-            self._conn.send(wrap(message))
+            if self._client_gone:
+                return
+            try:
+                self._conn.send(wrap(message))
+            except OSError:  # BrokenPipeError, ConnectionResetError: nobody is listening any more
+                self._client_gone = True
+        if self._client_gone:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """The client is gone: cancel everything running and finish nothing new."""
+        self._work.put(Shutdown())
+        with self._cancel_lock:
+            self._cancelled.add(-1)  # -1 = everything
 
     def _reader(self) -> None:
         """Runs beside the batch loop: queue work, flag cancels, answer pings at once."""
@@ -132,9 +147,7 @@ class Worker:
             try:
                 env = self._conn.recv()
             except (EOFError, OSError):
-                self._work.put(Shutdown())  # the client is gone: finish nothing new
-                with self._cancel_lock:
-                    self._cancelled.add(-1)  # -1 = everything
+                self._abandon()  # the client is gone: finish nothing new
                 return
             msg = env.message if isinstance(env, Envelope) else None
             if isinstance(msg, SubmitBatch | Shutdown):
