@@ -174,11 +174,12 @@ def _coerce(path: str, expected: Any, value: Any) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(expected)
         if not isinstance(value, list):
-            raise ConfigError(f"`{path}` must be a list of {_TYPE_NAMES[item_type].split(' ', 1)[1]}s, got {_describe(value)}")
+            noun = _TYPE_NAMES[item_type].split(" ", 1)[1]
+            raise ConfigError(f"`{path}` must be a list of {noun}s, got {_describe(value)}")
         return [_coerce(f"{path}[{i}]", item_type, item) for i, item in enumerate(value)]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
+    if (expected in (int, float) and isinstance(value, bool)) or not isinstance(value, expected):
         raise ConfigError(f"`{path}` must be {_TYPE_NAMES[expected]}, got {_describe(value)}")
     if expected is float and not math.isfinite(value):
         raise ConfigError(f"`{path}` must be a finite number, got {value}")
