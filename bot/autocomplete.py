@@ -1,0 +1,50 @@
+"""Hypernet name autocomplete, shared by /imagine, /history and the models cog.
+
+Why a function over the store rather than a cache: the registry query is indexed and small, and reading it at
+each keystroke means a model added, disabled or removed by an admin shows up (or disappears) at once.  Discord
+wants an answer within 3 seconds and at most 25 choices; the typed text is not limited to the choices, so the
+commands validate the final value again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+__all__ = ["hypernet_autocomplete", "hypernet_choices"]
+
+log = logging.getLogger(__name__)
+MAX_CHOICES = 25
+
+
+async def hypernet_choices(store: Any, guild_id: int | None, current: str, *,
+                           include_disabled: bool = False) -> list[app_commands.Choice[str]]:
+    """Up to 25 models visible in this guild whose name, description or trigger words contain ``current``.
+
+    Names that start with the typed text come first."""
+    query = current.strip() or None
+    found = await store.hypernets.search(guild_id, query, include_disabled=include_disabled, limit=MAX_CHOICES)
+    folded = (current or "").strip().casefold()
+    found.sort(key=lambda h: (not h.name.casefold().startswith(folded), h.name.casefold()))
+    choices = []
+    for h in found[:MAX_CHOICES]:
+        label = h.name if h.enabled else f"{h.name} (disabled)"
+        if h.description:
+            label = f"{label} — {h.description}"
+        choices.append(app_commands.Choice(name=label[:100], value=h.name[:100]))
+    return choices
+
+
+async def hypernet_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """``@command.autocomplete("hypernet")`` callback: enabled models of the interaction's guild (and global ones)."""
+    store = getattr(interaction.client, "store", None)
+    if store is None:
+        return []
+    try:
+        return await hypernet_choices(store, interaction.guild_id, current)
+    except Exception:  # an autocomplete error only shows an empty list; log it instead of failing silently
+        log.exception("hypernet autocomplete failed")
+        return []

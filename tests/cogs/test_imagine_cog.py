@@ -1,0 +1,215 @@
+"""/imagine through the fake Discord with the real bot and worker: valid requests, refusals, caps, delivery faults."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from bot.ratelimit import RateLimiter
+from tests.harness import SLOW_MARKER, Harness, png_parameters
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/\d+"
+
+
+def job_id_of(msg) -> int:
+    return int(re.search(r"Job #(\d+)", msg.embeds[0]["title"]).group(1))
+
+
+async def test_valid_imagine_defers_shows_queue_and_progress_then_posts_png_embed_buttons(hc: Harness) -> None:
+    fake = hc.fake
+    rec = await fake.slash(fake.member_plain, "imagine", {"prompt": "a lighthouse at dusk", "steps": 3, "seed": 1234})
+    msg = await hc.wait_result(rec)
+    assert rec.response_type == 5 and rec.late_callbacks == 0  # deferred inside the 3 s window
+    assert any(c.startswith("⏳ Queued — position 1") for c in msg.contents)
+    assert any(re.search(r"step \d/3", c) for c in msg.contents)
+    job = await hc.store.jobs.get(job_id_of(msg))
+    assert job is not None and job.status == "done" and job.seed == 1234 and job.user_id == fake.member_plain.id
+    assert job.message_id == msg.id
+    data = await fake.download(msg.attachments[0])
+    params = png_parameters(data)
+    assert params is not None and params.startswith("a lighthouse at dusk\n")
+    assert "Steps: 3" in params and "Seed: 1234" in params and "Size: 64x64" in params
+    assert (hc.root / "images" / job.image_paths[0]).read_bytes() == data
+    fields = {f["name"]: f["value"] for f in msg.embeds[0]["fields"]}
+    assert fields["Seed"] == "1234" and fields["Steps"] == "3" and fields["Sampler"] == "Euler a"
+    assert [b["label"] for b in msg.buttons()] == ["Reroll", "Info"]
+    assert not msg.loading
+
+
+async def test_random_seed_is_picked_and_stored(hc: Harness) -> None:
+    rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a fox", "steps": 1})
+    msg = await hc.wait_result(rec)
+    job = await hc.store.jobs.get(job_id_of(msg))
+    assert job is not None and 0 <= job.seed < 2**32
+    assert f"Seed: {job.seed}" in png_parameters(await hc.fake.download(msg.attachments[0]))
+
+
+async def test_bare_and_bracketed_tags_stack_in_order(hc: Harness, nets) -> None:
+    prompt = "woman hypernet:waterElemental:0.7, red hair <hypernet:fireSpirit:1.2>"
+    rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": prompt, "steps": 2})
+    msg = await hc.wait_result(rec)
+    job = await hc.store.jobs.get(job_id_of(msg))
+    assert [(h.name, h.multiplier) for h in job.hypernets] == [("waterElemental", 0.7), ("fireSpirit", 1.2)]
+    assert [h.sha256 for h in job.hypernets] == [nets["water"].sha256, nets["fire"].sha256]
+    params = png_parameters(await hc.fake.download(msg.attachments[0]))
+    assert params.splitlines()[0] == "woman, red hair <hypernet:waterElemental:0.7> <hypernet:fireSpirit:1.2>"
+    labels = [b["label"] for b in msg.buttons()]
+    assert labels == ["Reroll", "Info", "Set multiplier…", "− waterElemental", "+ waterElemental", "− fireSpirit",
+                      "+ fireSpirit"]
+    hyper_field = next(f["value"] for f in msg.embeds[0]["fields"] if f["name"] == "Hypernetworks")
+    assert "`waterElemental` × 0.7" in hyper_field and "`fireSpirit` × 1.2" in hyper_field
+
+
+async def test_hypernet_option_with_and_without_multiplier(hc: Harness, nets) -> None:
+    rec = await hc.fake.slash(hc.fake.member_plain, "imagine",
+                              {"prompt": "a castle", "hypernet": "waterElemental", "multiplier": 1.5, "steps": 1})
+    job = await hc.store.jobs.get(job_id_of(await hc.wait_result(rec)))
+    assert [(h.name, h.multiplier) for h in job.hypernets] == [("waterElemental", 1.5)]
+    rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a castle", "hypernet": "fireSpirit", "steps": 1})
+    job = await hc.store.jobs.get(job_id_of(await hc.wait_result(rec)))
+    assert [(h.name, h.multiplier) for h in job.hypernets] == [("fireSpirit", 0.6)]  # the model's default multiplier
+
+
+async def test_hypernet_autocomplete_lists_enabled_models(hc: Harness, nets) -> None:
+    rec = await hc.fake.autocomplete(hc.fake.member_plain, "imagine", {"prompt": "x", "hypernet": "fire"}, "hypernet")
+    await hc.fake.wait_for(lambda: rec.choices is not None)
+    assert [c["value"] for c in rec.choices] == ["fireSpirit"]
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"prompt": "a cat <hypernet:waterElementl:0.7>"}, "did you mean `waterElemental`"),
+    ({"prompt": "a cat <hypernet:waterElemental:5>"}, "outside the allowed range -1 to 2"),
+    ({"prompt": "a cat", "steps": 99}, "Steps must be between 1 and 8; you gave 99"),
+    ({"prompt": "<hypernet:waterElemental:0.5>"}, "the prompt is empty"),
+    ({"prompt": "   "}, "The prompt is empty"),
+    ({"prompt": "a cat", "multiplier": 0.5}, "`multiplier` needs `hypernet` too"),
+    ({"prompt": "a cat", "hypernet": "nope"}, "there is no hypernet named `nope`"),
+    ({"prompt": "a cat", "width": 100}, "Width must be a multiple of 8"),
+    ({"prompt": "a cat", "count": 9}, "Count must be between 1 and 4"),
+])
+async def test_invalid_input_is_refused_ephemerally_without_a_job(hc: Harness, nets, options, expected) -> None:
+    before = await hc.job_count()
+    rec = await hc.fake.slash(hc.fake.member_plain, "imagine", options)
+    msg = await hc.wait_ephemeral(rec)
+    assert expected.lower() in msg.content.lower()
+    assert rec.response_type == 4 and rec.ephemeral
+    assert await hc.job_count() == before
+
+
+async def test_rate_limit_says_when_to_try_again(hc: Harness) -> None:
+    saved = hc.bot.ratelimiter
+    hc.bot.ratelimiter = RateLimiter(rate_per_minute=1.0, burst=1)
+    try:
+        first = await hc.fake.slash(hc.fake.member_manager, "imagine", {"prompt": "one", "steps": 1})
+        second = await hc.fake.slash(hc.fake.member_manager, "imagine", {"prompt": "two", "steps": 1})
+        msg = await hc.wait_ephemeral(second)
+        assert re.search(r"try again in \d+ s", msg.content)
+        await hc.wait_result(first)
+    finally:
+        hc.bot.ratelimiter = saved
+
+
+async def test_user_queue_cap_says_what_to_do(hc: Harness) -> None:
+    fake = hc.fake
+    slow = [await fake.slash(fake.member_admin, "imagine", {"prompt": f"{SLOW_MARKER} {i}", "steps": 2}) for i in range(2)]
+    await fake.wait_for(lambda: all(r.original and "Queued" in " ".join(r.original.contents) for r in slow))
+    third = await fake.slash(fake.member_admin, "imagine", {"prompt": "three", "steps": 1})
+    msg = await hc.wait_content(lambda: third.original, "You already have 2 jobs")
+    assert "Wait for one of them to finish, or cancel one." in msg.content
+    for r in slow:
+        await hc.wait_result(r)
+    rows = await hc.store.jobs.history(fake.member_admin.id, limit=1)
+    assert rows[0].status == "failed" and rows[0].error_kind == "rejected"
+
+
+async def test_cancel_by_owner_while_running(hc: Harness) -> None:
+    fake = hc.fake
+    rec = await fake.slash(fake.member_plain, "imagine", {"prompt": f"{SLOW_MARKER} cancel me", "steps": 8})
+    await hc.wait_content(lambda: rec.original, "Rendering")
+    click = await fake.click(fake.member_plain, rec.original, label="Cancel")
+    answer = await hc.wait_ephemeral(click)
+    assert "Cancelling job" in answer.content
+    msg = await hc.wait_content(lambda: rec.original, "Cancelled by")
+    assert msg.buttons() == [] and not msg.attachments
+    job = (await hc.store.jobs.history(fake.member_plain.id, limit=1))[0]
+    assert job.status == "cancelled"
+
+
+async def test_cancel_refused_for_another_user_and_allowed_for_admin(hc: Harness) -> None:
+    fake = hc.fake
+    rec = await fake.slash(fake.member_manager, "imagine", {"prompt": f"{SLOW_MARKER} mine", "steps": 8})
+    await hc.wait_content(lambda: rec.original, "Rendering")
+    refused = await fake.click(fake.member_plain, rec.original, label="Cancel")
+    assert "Only the person who started this job" in (await hc.wait_ephemeral(refused)).content
+    allowed = await fake.click(fake.member_admin, rec.original, label="Cancel")
+    await hc.wait_ephemeral(allowed)
+    await hc.wait_content(lambda: rec.original, f"Cancelled by <@{fake.member_admin.id}>")
+    await hc.wait_idle()
+
+
+async def test_result_after_token_expiry_goes_to_the_channel(hc: Harness) -> None:
+    fake = hc.fake
+    rec = await fake.slash(fake.member_plain, "imagine", {"prompt": f"{SLOW_MARKER} late", "steps": 2})
+    rec.expire()
+
+    def channel_result():
+        for m in fake.channel_messages(fake.channel_general):
+            if "webhook_id" not in m.payload and m.attachments and f"<@{fake.member_plain.id}>" in m.content:
+                return m
+        return None
+
+    msg = await fake.wait_for(channel_result, timeout=30)
+    assert msg.embeds and [b["label"] for b in msg.buttons()][:2] == ["Reroll", "Info"]
+    job = await hc.store.jobs.get(job_id_of(msg))
+    assert job.status == "done" and job.message_id == msg.id
+    assert any(e["status"] == 401 for e in rec.errors)
+
+
+async def test_oversize_image_is_re_encoded_to_fit(hc: Harness) -> None:
+    fake = hc.fake
+    fake.attachment_size_limit = 1500
+    try:
+        rec = await fake.slash(fake.member_plain, "imagine", {"prompt": "lots of detail", "steps": 2, "size": "128x128"})
+    finally:
+        fake.attachment_size_limit = 10 * 1024 * 1024
+    msg = await hc.wait_result(rec)
+    att = msg.attachments[0]
+    assert not att["filename"].endswith(".png") and att["size"] <= 1500
+    assert "re-encoded" in msg.embeds[0]["footer"]["text"]
+    job = await hc.store.jobs.get(job_id_of(msg))
+    assert (hc.root / "images" / job.image_paths[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the PNG is kept
+
+
+async def _queued_then(hc: Harness, prompt: str):
+    """A slow job whose message already shows "Queued"; progress edits are held back so the next edit is the result."""
+    jobs = hc.bot.get_cog("Imagine").jobs
+    jobs.edit_interval = 100.0
+    try:
+        rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": f"{SLOW_MARKER} {prompt}", "steps": 2})
+        await hc.wait_content(lambda: rec.original, "Queued")
+    finally:
+        jobs.edit_interval = 0.2
+    return rec
+
+
+async def test_server_error_and_rate_limit_on_the_result_post_are_retried(hc: Harness) -> None:
+    rec = await _queued_then(hc, "retry")
+    busy = hc.fake.inject("PATCH", WEBHOOK_MESSAGE, status=503, times=1)
+    limited = hc.fake.inject("PATCH", WEBHOOK_MESSAGE, status=429, times=1)
+    msg = await hc.wait_result(rec)
+    assert busy.hits == 1 and limited.hits == 1
+    assert msg.embeds and msg.buttons()
+
+
+async def test_missing_permission_is_explained(hc: Harness) -> None:
+    rec = await _queued_then(hc, "forbidden")
+    denied = hc.fake.inject("PATCH", WEBHOOK_MESSAGE, status=403, times=1)
+    msg = await hc.wait_content(lambda: rec.original, "Attach Files")
+    assert denied.hits == 1 and not msg.loading
+    job = (await hc.store.jobs.history(hc.fake.member_plain.id, limit=1))[0]
+    assert job.status == "done" and f"/show {job.id}" in msg.content
+    await asyncio.sleep(0)
