@@ -123,6 +123,7 @@ class ImagineCog(commands.Cog, name="Imagine"):
             plan = build_plan(prompt=prompt, limits=lim, available=names, default_multipliers=defaults, **options)
         except OptionError as exc:
             raise UserFacingError(str(exc)) from None
+        self.bot.engine.check_capacity(interaction.user.id)  # a full queue is answered privately, before deferring
         decision = self.bot.ratelimiter.consume(interaction.user.id)
         if not decision.allowed:
             raise UserFacingError(f"You are generating quickly: try again in {max(1, round(decision.retry_after))} s.")

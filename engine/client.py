@@ -202,6 +202,12 @@ class EngineClient:
 
     # ---- public, non-blocking -------------------------------------------------------------------
 
+    def check_capacity(self, user_id: int) -> None:
+        """Raise ``QueueFull`` / ``UserQueueFull`` / ``WorkerUnavailable`` if a job from this user would be refused."""
+        if not self._accepting:
+            raise WorkerUnavailable("The image engine is not taking jobs right now.")
+        self._scheduler.check_capacity(user_id)
+
     def submit(self, request: GenerateRequest) -> JobHandle:
         """Queue a request; raises ``QueueFull`` / ``UserQueueFull`` / ``WorkerUnavailable`` at once."""
         if not self._accepting:

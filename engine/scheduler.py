@@ -70,21 +70,28 @@ class FairScheduler:
 
     # ---- admission ------------------------------------------------------------------------------
 
-    def submit(self, request: GenerateRequest) -> Job:
-        """Queue a new job or raise ``QueueFull`` / ``UserQueueFull``; never drops silently."""
-        if request.job_id in self._queued or request.job_id in self._running:
-            raise ValueError(f"job {request.job_id} is already in the engine")
+    def check_capacity(self, user_id: int) -> None:
+        """Raise ``QueueFull`` / ``UserQueueFull`` if a new job from this user would be refused now.
+
+        Lets the bot answer a full queue privately before it defers and writes anything.
+        """
         if len(self._queued) >= self.max_queue:
             raise QueueFull(
                 f"The render queue is full ({self.max_queue} jobs waiting).",
                 retry_hint="Please try again in a minute or two.",
             )
-        mine = self.user_jobs(request.user_id)
+        mine = self.user_jobs(user_id)
         if mine >= self.max_per_user:
             raise UserQueueFull(
                 f"You already have {mine} jobs queued or rendering (the limit is {self.max_per_user}).",
                 retry_hint="Wait for one of them to finish, or cancel one.",
             )
+
+    def submit(self, request: GenerateRequest) -> Job:
+        """Queue a new job or raise ``QueueFull`` / ``UserQueueFull``; never drops silently."""
+        if request.job_id in self._queued or request.job_id in self._running:
+            raise ValueError(f"job {request.job_id} is already in the engine")
+        self.check_capacity(request.user_id)
         last = max((j.round for j in self._queued.values() if j.user_id == request.user_id and not j.retry), default=-1)
         rnd = max(self._current_round, last + 1)
         job = Job(request=request, seq=self._next_seq(), round=rnd)

@@ -117,13 +117,15 @@ async def test_user_queue_cap_says_what_to_do(hc: Harness) -> None:
     fake = hc.fake
     slow = [await fake.slash(fake.member_admin, "imagine", {"prompt": f"{SLOW_MARKER} {i}", "steps": 2}) for i in range(2)]
     await fake.wait_for(lambda: all(r.original and "Queued" in " ".join(r.original.contents) for r in slow))
+    before = await hc.job_count()
     third = await fake.slash(fake.member_admin, "imagine", {"prompt": "three", "steps": 1})
-    msg = await hc.wait_content(lambda: third.original, "You already have 2 jobs")
+    msg = await hc.wait_ephemeral(third)
+    assert "You already have 2 jobs" in msg.content
     assert "Wait for one of them to finish, or cancel one." in msg.content
+    assert not third.deferred  # refused privately before anything was written
+    assert await hc.job_count() == before
     for r in slow:
         await hc.wait_result(r)
-    rows = await hc.store.jobs.history(fake.member_admin.id, limit=1)
-    assert rows[0].status == "failed" and rows[0].error_kind == "rejected"
 
 
 async def test_cancel_by_owner_while_running(hc: Harness) -> None:
