@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
 
+from bot.db import DatabaseBusy
 from bot.delivery import TOKEN_MARGIN_S, JobMessage
 from bot.embeds import result_embed
 from bot.options import request_for_job
@@ -34,6 +37,29 @@ __all__ = ["JobService", "derive_job", "job_service"]
 
 log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 2**20
+# Waits between attempts of a job-state write while another process holds the database lock (~1 minute in all).
+BUSY_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+async def persist(what: str, write: Callable[[], Awaitable[object]],
+                  delays: tuple[float, ...] = BUSY_RETRY_DELAYS_S) -> bool:
+    """Run a job-state write, retrying while the database is locked; False (logged) if it never got through.
+
+    Why: a job's outcome must reach the user even when SQLite is locked by another process for longer than the
+    busy timeout (a backup, an admin's sqlite3 shell). The write is retried for about a minute; after that the
+    caller still posts what it has, so the user loses nothing and the owner sees one clear log line.
+    """
+    for delay in (*delays, None):
+        try:
+            await write()
+            return True
+        except DatabaseBusy:
+            if delay is None:
+                break
+            log.warning("%s: the database is locked; retrying in %.2f s", what, delay)
+            await asyncio.sleep(delay)
+    log.error("%s: gave up after the database stayed locked for %.0f s", what, sum(delays))
+    return False
 
 
 def job_service(client: discord.Client) -> JobService:
@@ -158,7 +184,7 @@ class JobService:
                     last = f"{header}⏳ Queued — position {event.position + 1}"
                     msg.status(last, cancel)
                 elif isinstance(event, Started):
-                    await self.store.jobs.mark_running(job.id)
+                    await persist(f"job {job.id} running", lambda: self.store.jobs.mark_running(job.id))
                     last = f"{header}🎨 Rendering…"
                     msg.status(last, cancel)
                 elif isinstance(event, Progress):
@@ -170,7 +196,10 @@ class JobService:
                     await self._failed(job, event, msg, header)
         except Exception:
             log.exception("job %s: following it failed", job.id)
-            await self.store.jobs.mark_failed(job.id, FailureKind.INTERNAL.value, "The bot failed while posting this job.")
+            # The user's message must end whatever happens to the record.
+            with contextlib.suppress(Exception):
+                await persist(f"job {job.id} failed", lambda: self.store.jobs.mark_failed(
+                    job.id, FailureKind.INTERNAL.value, "The bot failed while posting this job."))
             await msg.final(content=f"{header}❌ Something went wrong on our side while posting this job "
                             f"(job #{job.id}).", job_id=job.id)
 
@@ -185,12 +214,29 @@ class JobService:
             paths.append(f"{job_id}/{i}.png")
         return paths
 
-    async def _deliver(self, job: Job, result: Result, msg: JobMessage, header: str) -> None:
+    async def _keep_images(self, job_id: int, pngs: tuple[bytes, ...]) -> tuple[list[str], tuple[str, ...]]:
+        """Save the PNGs for /show and /history; a full or failing disk costs only that, never the result."""
+        try:
+            return await asyncio.to_thread(self._save_images, job_id, pngs), ()
+        except OSError as exc:
+            reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+            log.error("job %s: could not save its images under %s: %s (the user still gets them; /show will not)",
+                      job_id, self.images_dir, reason)
+            with contextlib.suppress(OSError):
+                for leftover in (self.images_dir / str(job_id)).glob("*.tmp"):
+                    leftover.unlink()
+            return [], ("The images could not be kept for /show (the bot's storage is unavailable).",)
 
-        paths = await asyncio.to_thread(self._save_images, job.id, result.images)
-        await self.store.jobs.mark_done(job.id, paths, result.duration_s, result.warnings)
-        done = await self.store.jobs.get(job.id)
-        assert done is not None
+    async def _deliver(self, job: Job, result: Result, msg: JobMessage, header: str) -> None:
+        paths, notes = await self._keep_images(job.id, result.images)
+        warnings = (*result.warnings, *notes)
+        await persist(f"job {job.id} done", lambda: self.store.jobs.mark_done(job.id, paths, result.duration_s, warnings))
+        try:
+            done = await self.store.jobs.get(job.id)
+        except DatabaseBusy:
+            done = None
+        if done is None or done.status != "done":  # the record could not be updated: post from what we have
+            done = dataclasses.replace(job, status="done", warnings=warnings, duration_s=result.duration_s)
         await self.post_result(done, msg, list(result.images), header=header)
 
     async def post_result(self, job: Job, msg: JobMessage, pngs: list[bytes], *, header: str = "",
@@ -207,7 +253,7 @@ class JobService:
 
     async def _failed(self, job: Job, failure: Failure, msg: JobMessage, header: str) -> None:
         if failure.kind is FailureKind.CANCELLED:
-            await self.store.jobs.mark_cancelled(job.id)
+            await persist(f"job {job.id} cancelled", lambda: self.store.jobs.mark_cancelled(job.id))
             who = self._cancelled_by.pop(job.id, "")
             await msg.final(content=f"{header}🚫 Cancelled{' by ' + who if who else ''}.", job_id=job.id)
         elif failure.kind is FailureKind.SHUTDOWN:
@@ -215,7 +261,8 @@ class JobService:
             await msg.final(content=f"{header}⏸ The bot is restarting; this job will continue when it is back.",
                             job_id=job.id)
         else:
-            await self.store.jobs.mark_failed(job.id, failure.kind.value, failure.message)
+            await persist(f"job {job.id} failed", lambda: self.store.jobs.mark_failed(job.id, failure.kind.value,
+                                                                                      failure.message))
             text = f"{failure.message} {failure.hint}".strip()
             await msg.final(content=f"{header}❌ {text}", job_id=job.id)
 
