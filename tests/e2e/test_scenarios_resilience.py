@@ -109,3 +109,23 @@ async def test_bot_killed_mid_job_then_restarted(e2e: E2E) -> None:
     derived = await e2e.result(click)
     _, parameters = await e2e.image(derived)
     assert "Seed: 7" in parameters and "<hypernet:animeStyle:0.6>" in parameters, parameters
+
+
+async def test_sigterm_stops_cleanly_and_the_job_continues_after_restart(e2e: E2E) -> None:
+    """SIGTERM (docker stop): no new jobs, the running batch finishes or is handed back, the database is closed."""
+    fake = e2e.fake
+    rec = await e2e.imagine(fake.member_plain, "interrupted by a clean shutdown", **SLOW)
+    job_id = await _running_job(e2e, rec)
+    code = await e2e.bot.stop()
+    assert code == 0, e2e.bot.log_tail()
+    log = e2e.bot.log_text()
+    assert "stopped cleanly" in log
+    status = e2e.job(job_id)["status"]
+    assert status in ("done", "queued"), status  # finished, or handed back for the next process
+    assert rec.original is not None and not rec.original.loading
+    e2e.skip_log()
+
+    await e2e.bot.start()
+    await e2e.wait(lambda: e2e.job(job_id)["status"] == "done", 120, f"job {job_id} to be done after the restart")
+    msg = await e2e.result(rec)
+    assert msg.attachments
