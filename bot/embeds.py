@@ -52,9 +52,9 @@ def result_embed(job: Job, *, model_name: str, note: str = "") -> discord.Embed:
     embed.add_field(name="Sampler", value=clip(job.sampler, 100))
     embed.add_field(name="Size", value=f"{job.width}×{job.height}")
     embed.add_field(name="Model", value=clip(model_name or job.checkpoint, 200))
+    if job.warnings:  # e.g. a hypernet made for another model family: visible, not buried in the footer
+        embed.add_field(name="⚠️ Warnings", value=clip("\n".join(job.warnings), 1000), inline=False)
     footer = f"{job.duration_s:.1f} s" if job.duration_s is not None else status_label(job)
-    if job.warnings:
-        footer += " · " + "; ".join(job.warnings)
     if note:
         footer += " · " + note
     embed.set_footer(text=clip(footer, 500))

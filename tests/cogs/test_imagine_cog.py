@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,19 @@ async def test_hypernet_option_with_and_without_multiplier(hc: Harness, nets) ->
     rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a castle", "hypernet": "fireSpirit", "steps": 1})
     job = await hc.store.jobs.get(job_id_of(await hc.wait_result(rec)))
     assert [(h.name, h.multiplier) for h in job.hypernets] == [("fireSpirit", 0.6)]  # the model's default multiplier
+
+
+async def test_hypernet_for_another_model_family_is_flagged_in_the_result(hc: Harness) -> None:
+    sd2_file = Path(__file__).resolve().parents[1] / "fixtures" / "hypernetworks" / "pub_gelu_1-0.05-1_1024_sd2.pt"
+    await hc.bot.models.add_from_bytes(sd2_file.read_bytes(), filename="sd2Only.pt", guild_id=hc.fake.guild.id,
+                                       added_by=hc.fake.member_admin.id)
+    rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a castle hypernet:sd2Only", "steps": 1})
+    msg = await hc.wait_result(rec)
+    warning = next(f["value"] for f in msg.embeds[0]["fields"] if f["name"] == "⚠️ Warnings")
+    assert "'sd2Only' was made for" in warning and "(text context 1024)" in warning, warning
+    assert "(text context 768)" in warning, warning
+    job = await hc.store.jobs.get(job_id_of(msg))
+    assert job is not None and job.warnings and "sd2Only" in job.warnings[0]
 
 
 async def test_hypernet_autocomplete_lists_enabled_models(hc: Harness, nets) -> None:
