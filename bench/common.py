@@ -20,14 +20,16 @@ Measurement choices (each script says which figures use which):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import os
 import shlex
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from tests.e2e.fake_discord import FakeDiscord, FakeMember, FakeUser, Interactio
 __all__ = [
     "FIXTURE_ZOO", "FOLDER_MODELS", "ROOT", "BotProcess", "BotRun", "HeartbeatClock", "LoopLag", "Outcome",
     "TimedRequests", "add_members", "bot_run", "command_line", "dir_bytes", "emit", "outcome", "percentiles",
-    "proc_snapshot", "progress", "zoo_models",
+    "proc_snapshot", "progress", "run_and_emit", "zoo_models",
 ]
 
 _T0 = time.monotonic()
@@ -66,6 +68,18 @@ def command_line() -> str:
 def emit(bench: str, figures: Mapping[str, Any]) -> None:
     """The one JSON line a benchmark prints: its name, its figures, the command."""
     print(json.dumps({"bench": bench, **figures, "command": command_line()}), flush=True)
+
+
+def run_and_emit(bench: str, run: Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]],
+                 args: argparse.Namespace, keep: Path | None = None) -> dict[str, Any]:
+    """``run(args, folder)`` in a fresh temp folder (or in ``keep``, left in place), then :func:`emit` its figures."""
+    if keep is not None:
+        figures = asyncio.run(run(args, keep))
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"hc-{bench}-") as tmp:
+            figures = asyncio.run(run(args, Path(tmp)))
+    emit(bench, figures)
+    return figures
 
 
 def percentiles(values: Iterable[float], qs: Iterable[int] = (50, 95, 99), digits: int = 3) -> dict[str, Any]:

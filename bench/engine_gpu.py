@@ -11,7 +11,6 @@ Prints one JSON line: img/s, ms per UNet step, hypernet overhead, latency p50/p9
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shlex
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_throughput import FIXTURES, build_store, run
+from engine_throughput import build_store, engine_parser, run
 
 # Stable Diffusion 1.5's component configs (the published v1-5 values), so shapes and FLOPs match the real model.
 UNET_SD15 = {
@@ -61,13 +60,8 @@ def build_sd15_folder(folder: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--jobs", type=int, default=4, help="jobs per user")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=512)
+    parser = engine_parser(__doc__.splitlines()[0], jobs=4, steps=20, size=512)
     parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
     args = parser.parse_args()
     import torch
 

@@ -96,15 +96,21 @@ async def run(max_batch: int, args: argparse.Namespace, store: Path, refs: list[
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def engine_parser(description: str, *, jobs: int, steps: int, size: int) -> argparse.ArgumentParser:
+    """The options both engine benchmarks take; the defaults differ (the tiny model on CPU, SD1.5 on a GPU)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--jobs", type=int, default=3, help="jobs per user")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=jobs, help="jobs per user")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
+    return parser
+
+
+def main() -> None:
+    parser = engine_parser(__doc__.splitlines()[0], jobs=3, steps=4, size=64)
     parser.add_argument("--checkpoint", default="tiny")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
     parser.add_argument("--no-hypernets", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BotRun, Outcome, bot_run, emit, outcome, progress, zoo_models
+from bench.common import BotRun, Outcome, bot_run, outcome, progress, run_and_emit, zoo_models
 from tests.e2e.fake_discord import FakeMember, InteractionRecord
 
 FAULTS = ("worker_kill", "discord_storm", "sqlite_locked", "disk_full", "bot_kill")
@@ -305,12 +304,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="run the bot in this new folder and keep it (log, database)")
     args = parser.parse_args()
     args.only = [f for f in FAULTS if f in set(args.only.split(","))]
-    if args.keep is not None:
-        figures = asyncio.run(run(args, args.keep))
-    else:
-        with tempfile.TemporaryDirectory(prefix="hc-faults-") as tmp:
-            figures = asyncio.run(run(args, Path(tmp)))
-    emit("faults", figures)
+    run_and_emit("faults", run, args, keep=args.keep)
 
 
 if __name__ == "__main__":

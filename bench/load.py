@@ -28,7 +28,6 @@ import random
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     BotRun,
     bot_run,
-    emit,
     outcome,
     percentiles,
     proc_snapshot,
     progress,
+    run_and_emit,
     zoo_models,
 )
 from tests.e2e.fake_discord import InteractionRecord
@@ -182,9 +181,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for results after this")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hc-load-") as tmp:
-        figures = asyncio.run(run(args, Path(tmp)))
-    emit("load", figures)
+    run_and_emit("load", run, args)
 
 
 if __name__ == "__main__":

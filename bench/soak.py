@@ -26,14 +26,13 @@ import asyncio
 import itertools
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BotRun, bot_run, dir_bytes, emit, outcome, proc_snapshot, progress, zoo_models
+from bench.common import BotRun, bot_run, dir_bytes, outcome, proc_snapshot, progress, run_and_emit, zoo_models
 from bench.load import db_status_counts
 from tests.e2e.fake_discord import InteractionRecord
 
@@ -176,9 +175,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800.0, help="stop sending and report after this")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hc-soak-") as tmp:
-        figures = asyncio.run(run(args, Path(tmp)))
-    emit("soak", figures)
+    figures = run_and_emit("soak", run, args)
     sys.exit(0 if figures["pass"] else 1)
 
 

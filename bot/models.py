@@ -22,19 +22,23 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from yarl import URL
 
 from bot.config import Settings
 from bot.errors import UserFacingError
+from bot.model_compat import compatibility_note, engine_context_dim
 from bot.store import DuplicateModel, Hypernet, InvalidName, NameTaken, NewHypernet, Store
 from engine.download import download as safe_download
-from engine.intake import IntakeLimits, IntakeRefused, IntakeResult, check_model_name, ingest_bytes, purge_temp
-from engine.model_folder import FolderEntry, scan_folder
+from engine.intake import IntakeLimits, IntakeRefused, IntakeResult, check_model_name, ingest_bytes
+
+if TYPE_CHECKING:
+    from bot.model_folder_sync import FolderSync, FolderSyncReport
 
 __all__ = [
-    "MAX_DESCRIPTION", "MAX_TRIGGER_WORDS", "AddOutcome", "FolderSyncReport", "ModelError", "ModelOptions",
+    "MAX_DESCRIPTION", "MAX_TRIGGER_WORDS", "AddOutcome", "ModelError", "ModelOptions",
     "ModelService", "compatibility_note", "engine_context_dim",
 ]
 
@@ -45,9 +49,6 @@ MAX_TRIGGER_WORDS = 200
 MiB = 1 << 20
 _MODEL_SUFFIXES = (".pt", ".safetensors")
 _CANONICAL = re.compile(r"^[0-9a-f]{64}\.safetensors$")
-# Text-context width → model family, and the self-attention widths each family's UNet feeds to k/v.
-_FAMILIES = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
-_SELF_WIDTHS = {768: (320, 640, 1280), 1024: (320, 640, 1280), 2048: (640, 1280)}
 
 Progress = Callable[[int, int | None], Awaitable[None]]
 
@@ -66,66 +67,12 @@ class ModelOptions:
     default_multiplier: float = 1.0
 
 
-@dataclass(slots=True)
-class FolderSyncReport:
-    """What one folder scan did (names of models; refused files by relative path with the reason)."""
-
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    deleted_files: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.removed)} removed, "
-                f"{self.unchanged} unchanged, {len(self.refused)} refused")
-
-
 @dataclass(frozen=True, slots=True)
 class AddOutcome:
     """A registered model plus what the admin should know about it (intake warnings, size mismatch)."""
 
     hypernet: Hypernet
     notes: tuple[str, ...] = field(default=())
-
-
-def compatibility_note(sizes: tuple[int, ...] | list[int], context_dim: int | None) -> str | None:
-    """Why a model with these layer sizes does little or nothing on the running checkpoint; None when it fits.
-
-    A1111 matches each size against the width of the k/v input of an attention layer: the text context for
-    cross-attention (768 SD1.x, 1024 SD2.x, 2048 SDXL) and the block width for self-attention.  A file
-    without the running text width but with another family's is "made for" that family; self-attention
-    sizes that still match keep part of its effect.  Files with only self-attention sizes are fine.
-    """
-    if context_dim is None:
-        return None
-    here = _FAMILIES.get(context_dim, f"{context_dim}-wide")
-    have = set(sizes)
-    if not have:
-        return "has no layers; it changes nothing"
-    if context_dim in have:
-        return None
-    self_widths = set(_SELF_WIDTHS.get(context_dim, ()))
-    foreign = sorted(s for s in have if s in _FAMILIES and s != context_dim)
-    matching = sorted(have & self_widths)
-    if foreign:
-        made_for = f"made for {_FAMILIES[foreign[0]]} ({foreign[0]})"
-        if not matching:
-            return f"{made_for}; no effect on this {here} model"
-        return f"{made_for}; on this {here} model only its self-attention sizes ({'/'.join(map(str, matching))}) apply"
-    if not matching:
-        return f"its sizes ({'/'.join(map(str, sorted(have)))}) match no layer of this {here} model; no effect"
-    return None
-
-
-def engine_context_dim(engine: object) -> int | None:
-    """The running checkpoint's text-context width from the engine client's status (None until it has started)."""
-    status = getattr(engine, "status", None)
-    if status is None:
-        return None
-    value = getattr(status(), "context_dim", None)
-    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _clean(text: str, limit: int, what: str) -> str:
@@ -156,7 +103,7 @@ class ModelService:
         self._context_dim = context_dim
         self._download = download
         self._lock = asyncio.Lock()
-        self._known: dict[str, tuple[int, float]] = {}  # folder relpath -> (size, mtime) last seen installed
+        self._folder_sync: FolderSync | None = None  # made by the first sync_model_folder()
 
     # ---- paths and limits -------------------------------------------------------------------------------------
 
@@ -326,74 +273,14 @@ class ModelService:
         are removed; unreferenced canonical files are deleted.  As in A1111, of several files with the same
         stem the last in case-insensitive path order wins.  Refused files are logged and listed in the
         report; they never stop the scan.  Unchanged files are recognised by size and mtime, or after a
-        restart by their sha256, so they are not parsed again.
+        restart by their sha256, so they are not parsed again.  The work is done by
+        :class:`bot.model_folder_sync.FolderSync`.
         """
-        report = FolderSyncReport()
-        async with self._lock:  # no intake runs meanwhile, so any temp folder in the store is a crash's leftover
-            if self.store_dir.is_dir():
-                await asyncio.to_thread(purge_temp, self.store_dir)
-            entries = await asyncio.to_thread(scan_folder, self.folder)
-            rows = {h.source_detail: h for h in await self._folder_rows() if h.source_detail}
-            winners: dict[str, FolderEntry] = {}
-            for entry in entries:  # sorted by path ignoring case: the last one of a stem wins
-                previous = winners.get(entry.stem.casefold())
-                if previous is not None:
-                    report.refused.append((previous.relpath, f"shadowed by `{entry.relpath}` (same name)"))
-                winners[entry.stem.casefold()] = entry
-            wanted = {e.relpath: e for e in winners.values()}
-            for relpath, row in rows.items():
-                if relpath not in wanted:
-                    await self.store.hypernets.remove(row.id)
-                    self._known.pop(relpath, None)
-                    report.removed.append(row.name)
-            for entry in wanted.values():
-                await self._sync_entry(entry, rows.get(entry.relpath), report)
-            report.deleted_files = await self._collect()
-        for relpath, reason in report.refused:
-            log.warning("model folder: %s not installed: %s", relpath, reason)
-        log.info("model folder %s: %s", self.folder, report.summary())
-        return report
+        if self._folder_sync is None:
+            from bot.model_folder_sync import FolderSync  # it builds on this module, so it is imported when needed
 
-    async def _folder_rows(self) -> list[Hypernet]:
-        rows: list[Hypernet] = []
-        while page := await self.store.hypernets.search(None, include_disabled=True, offset=len(rows), limit=100):
-            rows += page
-        return [h for h in rows if h.source == "folder"]
-
-    async def _sync_entry(self, entry: FolderEntry, row: Hypernet | None, report: FolderSyncReport) -> None:
-        stamp = (entry.size, entry.mtime)
-        path = self.folder / entry.relpath
-        if row is not None and row.name == entry.stem:
-            if self._known.get(entry.relpath) == stamp:
-                report.unchanged += 1
-                return
-            try:
-                digest = await asyncio.to_thread(_file_sha256, path)
-            except OSError as error:
-                report.refused.append((entry.relpath, f"the file could not be read ({error.strerror})"))
-                return
-            if digest == row.sha256:
-                self._known[entry.relpath] = stamp
-                report.unchanged += 1
-                return
-        try:
-            self._check_name(entry.stem)
-            result = await self._ingest(path, entry.relpath.rsplit("/", 1)[-1])
-            options, enabled = ModelOptions(name=entry.stem), True
-            if row is not None:  # the file changed: carry the admin's edits over, then replace the old row
-                options = ModelOptions(name=entry.stem, description=row.description, trigger_words=row.trigger_words,
-                                       default_multiplier=row.default_multiplier)
-                enabled = row.enabled
-                await self.store.hypernets.remove(row.id)
-            await self._register(result, name=entry.stem, guild_id=None, added_by=None, options=options,
-                                 source="folder", source_detail=entry.relpath, enabled=enabled)
-        except ModelError as error:
-            report.refused.append((entry.relpath, error.message))
-            if row is not None and await self.store.hypernets.get(row.id) is None:
-                report.removed.append(row.name)  # replaced row was dropped but the new one could not be added
-            return
-        self._known[entry.relpath] = stamp
-        (report.updated if row is not None else report.added).append(entry.stem)
+            self._folder_sync = FolderSync(self)
+        return await self._folder_sync.run()
 
     # ---- managing ---------------------------------------------------------------------------------------------
 
@@ -484,14 +371,6 @@ def _public_url(url: str) -> str:
         return str(URL(url.strip()).with_query(None).with_fragment(None))[:500]
     except (ValueError, TypeError):
         return "(invalid link)"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _name_taken(name: str, existing: str) -> str:

@@ -20,8 +20,10 @@ from discord.ext import commands
 
 from bot.autocomplete import hypernet_autocomplete, hypernet_choices
 from bot.checks import bot_owner_only, guild_manager_only, is_bot_owner, is_guild_manager, require_bot_owner
+from bot.embeds import clip
 from bot.errors import UserFacingError
-from bot.models import AddOutcome, FolderSyncReport, ModelError, ModelOptions, ModelService, engine_context_dim
+from bot.model_folder_sync import FolderSyncReport
+from bot.models import AddOutcome, ModelError, ModelOptions, ModelService, engine_context_dim
 from bot.store import Hypernet
 
 if TYPE_CHECKING:
@@ -35,14 +37,9 @@ _COLOUR = discord.Colour(0x5865F2)
 _MiB = 1 << 20
 
 
-def _clip(text: str, limit: int) -> str:
-    text = text or "—"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _quote(text: str, limit: int) -> str:
     """User text shown inside an embed: no backticks (they would end our code spans), bounded."""
-    return _clip(text.replace("`", "ˋ"), limit)
+    return clip(text.replace("`", "ˋ"), limit)
 
 
 def _mult(value: float) -> str:
@@ -83,7 +80,7 @@ class ListPager(discord.ui.View):
         self.total = await store.count_search(self.guild_id, self.query)
         self.page = min(self.page, self.pages - 1)
         rows = await store.search(self.guild_id, self.query, offset=self.page * PAGE_SIZE, limit=PAGE_SIZE)
-        title = f"Hypernetworks ({self.total})" if not self.query else f"Hypernetworks matching “{_clip(self.query, 60)}”"
+        title = f"Hypernetworks ({self.total})" if not self.query else f"Hypernetworks matching “{clip(self.query, 60)}”"
         embed = discord.Embed(title=title, colour=_COLOUR)
         if rows:
             embed.description = "\n".join(_listing_line(h, self.service.compatibility(h)) for h in rows)[:4000]
@@ -146,14 +143,14 @@ class ConfirmRemove(discord.ui.View):
 
 def info_embed(h: Hypernet, flag: str | None) -> discord.Embed:
     """Everything known about one model, within Discord's embed limits."""
-    embed = discord.Embed(title=_clip(h.name, 256), colour=_COLOUR,
+    embed = discord.Embed(title=clip(h.name, 256), colour=_COLOUR,
                           description=_quote(h.description, 1000) if h.description else None)
     embed.add_field(name="Use it", value=f"`{example_tag(h)}` in an /imagine prompt", inline=False)
     if flag:
-        embed.add_field(name="⚠️ Compatibility", value=_clip(flag, 1000), inline=False)
+        embed.add_field(name="⚠️ Compatibility", value=clip(flag, 1000), inline=False)
     embed.add_field(name="Sizes", value=", ".join(str(s) for s in h.sizes) or "none")
-    embed.add_field(name="Layer structure", value=_clip("[" + ", ".join(_mult(x) for x in h.layer_structure) + "]", 200))
-    embed.add_field(name="Activation", value=_clip(h.activation, 100))
+    embed.add_field(name="Layer structure", value=clip("[" + ", ".join(_mult(x) for x in h.layer_structure) + "]", 200))
+    embed.add_field(name="Activation", value=clip(h.activation, 100))
     embed.add_field(name="Trained on", value=_quote(h.base_model or "unknown", 200))
     embed.add_field(name="Default multiplier", value=_mult(h.default_multiplier))
     embed.add_field(name="Trigger words", value=_quote(h.trigger_words, 500) if h.trigger_words else "none")
@@ -171,7 +168,7 @@ def _added_text(outcome: AddOutcome) -> str:
             f"{', '.join(map(str, h.sizes))}, {h.activation}, layers [{', '.join(_mult(x) for x in h.layer_structure)}]. "
             f"Use it with `{example_tag(h)}`.")
     for note in outcome.notes:
-        text += f"\n⚠️ {_clip(note, 300)}"
+        text += f"\n⚠️ {clip(note, 300)}"
     return text[:2000]
 
 
@@ -180,7 +177,7 @@ def _rescan_text(report: FolderSyncReport) -> str:
     for label, names in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
         if names:
             lines.append(f"{label.capitalize()}: " + ", ".join(f"`{n}`" for n in names[:30]))
-    lines += [f"✗ `{_quote(path, 100)}`: {_clip(reason, 200)}" for path, reason in report.refused[:15]]
+    lines += [f"✗ `{_quote(path, 100)}`: {clip(reason, 200)}" for path, reason in report.refused[:15]]
     return "\n".join(lines)[:2000]
 
 

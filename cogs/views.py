@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import discord
 from PIL import Image
@@ -75,42 +75,48 @@ async def start_derived(interaction: discord.Interaction, parent: Job, *, origin
 # ---- the buttons -----------------------------------------------------------------------------------------
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"hc:reroll:(?P<job>[0-9]{1,19})"):
-    """Same settings (and multipliers), a new seed."""
+class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"hc:(?!)"):
+    """A row-0 button acting on one job, custom_id ``hc:<action>:<job id>``: a click loads the job, then
+    :meth:`on_job` acts on it.  A subclass gives its action and look in its class line."""
+
+    _action: ClassVar[str]
+    _look: ClassVar[tuple[str, str, discord.ButtonStyle]]  # label, emoji, style
+
+    def __init_subclass__(cls, *, action: str, label: str, emoji: str, style: discord.ButtonStyle) -> None:
+        super().__init_subclass__(template=rf"hc:{action}:(?P<job>[0-9]{{1,19}})")
+        cls._action, cls._look = action, (label, emoji, style)
 
     def __init__(self, job_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", style=discord.ButtonStyle.primary,
-                                           custom_id=f"hc:reroll:{job_id}", row=0))
+        label, emoji, style = self._look
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"hc:{self._action}:{job_id}",
+                                           row=0))
         self.job_id = job_id
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
-                             match: Any) -> RerollButton:
+                             match: Any) -> Self:
         return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         job = await _load(interaction, self.job_id)
         if job is not None:
-            await start_derived(interaction, job, origin="reroll", seed=random_seed(), label="Reroll")
+            await self.on_job(interaction, job)
+
+    async def on_job(self, interaction: discord.Interaction, job: Job) -> None:
+        raise NotImplementedError
 
 
-class InfoButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"hc:info:(?P<job>[0-9]{1,19})"):
+class RerollButton(_JobButton, action="reroll", label="Reroll", emoji="🎲", style=discord.ButtonStyle.primary):
+    """Same settings (and multipliers), a new seed."""
+
+    async def on_job(self, interaction: discord.Interaction, job: Job) -> None:
+        await start_derived(interaction, job, origin="reroll", seed=random_seed(), label="Reroll")
+
+
+class InfoButton(_JobButton, action="info", label="Info", emoji="ℹ️", style=discord.ButtonStyle.secondary):
     """The A1111 infotext, ephemeral, in a code block to copy into A1111's PNG Info."""
 
-    def __init__(self, job_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Info", emoji="ℹ️", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"hc:info:{job_id}", row=0))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
-                             match: Any) -> InfoButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        job = await _load(interaction, self.job_id)
-        if job is None:
-            return
+    async def on_job(self, interaction: discord.Interaction, job: Job) -> None:
         service = job_service(interaction.client)
         text = _stored_infotext(service, job) or infotext_for(job, service.model_name)
         text = clip(text.replace("```", "ˋˋˋ"), 1900)
@@ -166,23 +172,11 @@ class MultiplierButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
                             label=f"`{net.name}` {format_multiplier(net.multiplier)} → {format_multiplier(new)}")
 
 
-class SetMultiplierButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"hc:setmul:(?P<job>[0-9]{1,19})"):
+class SetMultiplierButton(_JobButton, action="setmul", label="Set multiplier…", emoji="🎚️",
+                          style=discord.ButtonStyle.secondary):
     """Opens a modal to type exact multipliers (modals are built at click time; they are not persistent)."""
 
-    def __init__(self, job_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Set multiplier…", emoji="🎚️", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"hc:setmul:{job_id}", row=0))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
-                             match: Any) -> SetMultiplierButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        job = await _load(interaction, self.job_id)
-        if job is None:
-            return
+    async def on_job(self, interaction: discord.Interaction, job: Job) -> None:
         if not job.hypernets:
             await _reply(interaction, f"Job #{job.id} uses no hypernetwork, so there is no multiplier to set.")
             return
@@ -225,25 +219,12 @@ class MultiplierModal(discord.ui.Modal):
                             label=f"Multipliers {changes}")
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"hc:cancel:(?P<job>[0-9]{1,19})"):
+class CancelButton(_JobButton, action="cancel", label="Cancel", emoji="✖️", style=discord.ButtonStyle.danger):
     """Cancel a queued or running job: its owner, or a member with Manage Server."""
 
-    def __init__(self, job_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Cancel", emoji="✖️", style=discord.ButtonStyle.danger,
-                                           custom_id=f"hc:cancel:{job_id}", row=0))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
-                             match: Any) -> CancelButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def on_job(self, interaction: discord.Interaction, job: Job) -> None:
         from bot.checks import is_guild_manager
 
-        job = await _load(interaction, self.job_id)
-        if job is None:
-            return
         if interaction.user.id != job.user_id and not is_guild_manager(interaction):
             await _reply(interaction, "Only the person who started this job or a server admin (Manage Server) can "
                                       "cancel it.")

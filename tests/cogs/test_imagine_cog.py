@@ -180,8 +180,14 @@ async def test_result_after_token_expiry_goes_to_the_channel(hc: Harness) -> Non
 
     msg = await fake.wait_for(channel_result, timeout=30)
     assert msg.embeds and [b["label"] for b in msg.buttons()][:2] == ["Reroll", "Info"]
-    job = await hc.store.jobs.get(job_id_of(msg))
-    assert job.status == "done" and job.message_id == msg.id
+    job_id = job_id_of(msg)
+
+    async def recorded():  # the bot records the new message's id right after posting it
+        job = await hc.store.jobs.get(job_id)
+        return job if job is not None and job.message_id == msg.id else None
+
+    job = await fake.wait_for(recorded, timeout=10, what="the job to point at its channel message")
+    assert job.status == "done"
     assert any(e["status"] == 401 for e in rec.errors)
 
 

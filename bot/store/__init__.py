@@ -1,0 +1,57 @@
+"""Typed repositories over the SQLite database: the only place in the project that writes SQL (with bot/db.py and
+bot/migrations). Rows come out as frozen dataclasses, so callers can pass them around without touching the database.
+
+``Store.open(path)`` opens the file, applies migrations and exposes ``.jobs`` (every /imagine and button press; the
+user's history is this table, :mod:`bot.store.jobs`) and ``.hypernets`` (the registry, :mod:`bot.store.hypernets`).
+Exceptions derive from :class:`StoreError` (:mod:`bot.store.errors`); their ``str()`` is safe to show to a Discord
+user.  Import every name from here (``from bot.store import Job``): the submodules are an implementation detail.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bot.db import Database
+from bot.migrations import MigrationResult, migrate
+from bot.store.base import Clock
+from bot.store.errors import DatabaseBusy, DuplicateModel, InvalidName, NameTaken, NotFound, StoreError
+from bot.store.hypernets import Hypernet, HypernetStore, NewHypernet
+from bot.store.jobs import JOB_STATUSES, DeletedUserData, Job, JobHypernet, JobStore, NewJob
+
+__all__ = [
+    "JOB_STATUSES", "DatabaseBusy", "DeletedUserData", "DuplicateModel", "Hypernet", "HypernetStore", "InvalidName", "Job",
+    "JobHypernet", "JobStore", "NameTaken", "NewHypernet", "NewJob", "NotFound", "Store", "StoreError",
+]
+
+
+class Store:
+    """The database and its repositories. Open with :meth:`open`; close with :meth:`close` (or ``async with``)."""
+
+    def __init__(self, db: Database, migration: MigrationResult, clock: Clock = time.time) -> None:
+        self.db = db
+        self.migration = migration
+        self.jobs = JobStore(db, clock)
+        self.hypernets = HypernetStore(db, clock)
+
+    @classmethod
+    async def open(cls, path: str | Path, busy_timeout_ms: int = 5000, *, clock: Clock = time.time) -> Store:
+        """Open (creating parent dirs and the file if needed) and migrate to the newest schema.
+
+        Raises :class:`bot.migrations.SchemaTooNew` for a database written by a newer Hypercord."""
+        db = await Database.open(path, busy_timeout_ms=busy_timeout_ms)
+        try:
+            migration = await migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, migration, clock)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
