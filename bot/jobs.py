@@ -122,9 +122,17 @@ class JobService:
     async def start(self, interaction: discord.Interaction, new: NewJob, *, message_id: int | None,
                     header: str = "") -> Job:
         """Store and submit a job whose interaction was already deferred; ``message_id`` is the deferred message."""
-        job = await self.store.jobs.create(new)
+        created: list[Job] = []
+
+        async def create() -> None:
+            created.append(await self.store.jobs.create(new))
+
+        # A lock held by another process delays the job instead of refusing it (up to about a minute).
+        if not await persist(f"new job for user {new.user_id}", create):
+            raise DatabaseBusy()
+        job = created[0]
         if message_id is not None:
-            await self.store.jobs.set_message(job.id, message_id)
+            await persist(f"job {job.id} message", lambda: self.store.jobs.set_message(job.id, message_id))
         msg = JobMessage(self.bot, job.channel_id, webhook=interaction.followup, message_id=message_id,
                          token_created_at=interaction.created_at.timestamp(), upload_limit=interaction.filesize_limit,
                          mention=job.user_id, min_interval=self.edit_interval)
