@@ -103,6 +103,7 @@ class EngineSettings:
     heartbeat_interval_s: float = _opt(2.0, min=0.1, max=60)
     heartbeat_timeout_s: float = _opt(30.0, min=1, max=3600)
     start_timeout_s: float = _opt(600.0, min=5, max=7200)
+    job_timeout_s: float = _opt(600.0, min=5, max=86_400)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def build_engine(settings: Settings) -> EngineClient:
         heartbeat_interval_s=eng.heartbeat_interval_s,
         heartbeat_timeout_s=eng.heartbeat_timeout_s,
         start_timeout_s=eng.start_timeout_s,
+        job_timeout_s=eng.job_timeout_s,
     )
 
 

@@ -6,6 +6,9 @@ at once; pipe reads and writes happen in two small threads per worker and reach 
 engine.worker``, a fresh interpreter with an explicitly scrubbed environment — no bot token), feed it
 one batch at a time from the fair scheduler, ping it, and when it exits or stops answering kill it,
 re-queue its in-flight jobs once at the front (each then runs alone) and start a new one with backoff.
+A batch that runs past ``job_timeout_s`` is treated differently: the worker still answers pings (its
+reader thread does) but the render is stuck, so the client kills it and fails that batch's jobs with
+``timeout`` instead of re-queuing them — a job that hung the device once would hang it again.
 
 Torch-free: imports only the protocol, the scheduler and the errors.
 """
@@ -130,9 +133,16 @@ class EngineClient:
 
     def __init__(self, config: WorkerConfig, *, max_queue: int = 100, max_per_user: int = 4,
                  heartbeat_interval_s: float = 2.0, heartbeat_timeout_s: float = 20.0, start_timeout_s: float = 300.0,
-                 restart_backoff: Sequence[float] = (0.5, 2.0, 5.0, 15.0, 60.0),
+                 job_timeout_s: float = 600.0, restart_backoff: Sequence[float] = (0.5, 2.0, 5.0, 15.0, 60.0),
                  extra_env: Mapping[str, str] | None = None) -> None:
+        """``job_timeout_s`` bounds one batch's wall-clock time on the worker, from ``SubmitBatch`` to ``BatchDone``.
+
+        It is a public attribute: a new value applies from the next batch dispatched.
+        """
+        if job_timeout_s <= 0:
+            raise ValueError(f"job_timeout_s must be positive; got {job_timeout_s}")
         self.config = config
+        self.job_timeout_s = job_timeout_s
         self._scheduler = FairScheduler(max_queue=max_queue, max_per_user=max_per_user)
         self._hb_interval, self._hb_timeout = heartbeat_interval_s, heartbeat_timeout_s
         self._start_timeout = start_timeout_s
@@ -141,6 +151,7 @@ class EngineClient:
         self._handles: dict[int, JobHandle] = {}
         self._batch: dict[int, Job] = {}  # jobs of the worker's current batch not yet answered, by id
         self._batch_id: int | None = None  # the batch the worker is on (None = idle)
+        self._batch_deadline = 0.0  # monotonic time by which the current batch must be done
         self._batch_ids = itertools.count(1)
         self._link: WorkerLink | None = None
         self._hello: Hello | None = None
@@ -311,12 +322,17 @@ class EngineClient:
             now = time.monotonic()
             if now - last_seen > self._hb_timeout:
                 return f"worker {self._link.pid} stopped answering for {now - last_seen:.0f}s"
+            if self._batch_id is not None and now >= self._batch_deadline and self._inbox.empty():
+                return self._time_out_batch()  # (messages still waiting, e.g. its BatchDone, are read first)
             if now - last_ping >= self._hb_interval:
                 nonce += 1
                 last_ping = now
                 self._link.send(Ping(nonce))
+            wake_at = last_ping + self._hb_interval
+            if self._batch_id is not None:
+                wake_at = min(wake_at, self._batch_deadline)
             try:
-                gen, msg = await asyncio.wait_for(self._inbox.get(), max(0.01, last_ping + self._hb_interval - now))
+                gen, msg = await asyncio.wait_for(self._inbox.get(), max(0.01, wake_at - now))
             except TimeoutError:
                 continue
             if msg is _WAKE:
@@ -357,11 +373,27 @@ class EngineClient:
         if not jobs:
             return
         batch_id = self._batch_id = next(self._batch_ids)
+        self._batch_deadline = time.monotonic() + self.job_timeout_s
         for job in jobs:
             self._batch[job.job_id] = job
             self._handles[job.job_id]._emit(Started(job.job_id, job.attempts, batch_id))
         self._link.send(SubmitBatch(batch_id, tuple(j.request for j in jobs)))
         self._publish_positions()
+
+    def _time_out_batch(self) -> str:
+        """The current batch ran too long: fail its jobs (``timeout``, not re-queued); returns why the worker goes.
+
+        The caller's ``_on_worker_lost`` then kills the worker (SIGKILL: a stuck kernel ignores anything
+        gentler) and a fresh one is started; the batch is already empty, so nothing is re-queued.
+        """
+        assert self._link is not None
+        limit = f"{self.job_timeout_s:g} s"
+        for job in list(self._batch.values()):
+            self._terminal(job, Failure(job.job_id, FailureKind.TIMEOUT,
+                                        f"The render took longer than {limit} and was stopped.",
+                                        hint="Try fewer steps, a smaller size or fewer images."))
+        self._batch.clear()
+        return f"batch {self._batch_id} on worker {self._link.pid} ran past the {limit} render time limit"
 
     def _on_worker_lost(self, reason: str) -> None:
         """Kill what is left of the worker; re-queue its jobs once (at the front), fail the rest."""

@@ -7,7 +7,9 @@ pickled ``engine.protocol`` envelopes.  The first message it reads is its ``Work
 
 Threads: the main thread loads the checkpoint once and runs batches; a reader thread takes messages
 while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
-mid-batch (a worker that stops answering is presumed hung and is replaced by the client).
+mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  Because of
+that, a render stuck inside the device does not stop the heartbeats; the client bounds each batch's time
+instead (``job_timeout_s``) and kills the worker when it runs past it.
 
 Failures: out of memory → the batch is split in halves and retried, and only a single job that still
 does not fit fails (``out_of_memory``); a bad request (missing hypernet file, invalid option) fails its
@@ -64,7 +66,8 @@ OOM_HINT = "Try a smaller size or fewer images per request."
 class Faults:
     """Test-only fault injection, read from ``HYPERCORD_TEST_FAULTS``; empty (inert) in production.
 
-    Markers are matched against a job's prompt; the fault fires at the first step of a batch holding it.
+    Markers are matched against a job's prompt; the fault fires at the first step of a batch holding it
+    (slow steps: at every step).
     """
 
     oom_marker: str = ""  # any batch holding such a job runs out of memory
@@ -74,6 +77,8 @@ class Faults:
     device_error_marker: str = ""  # raise a device (CUDA-like) error
     slow_marker: str = ""  # sleep slow_step_s after every step
     slow_step_s: float = 0.0
+    hang_marker: str = ""  # block the render for hang_s after the first step (a stuck kernel: pings still answered)
+    hang_s: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Faults:
@@ -92,6 +97,8 @@ class Faults:
             return
         if has(self.crash_marker):
             os.kill(os.getpid(), signal.SIGKILL)
+        if has(self.hang_marker):
+            time.sleep(self.hang_s)  # bounded, so a worker whose client died unexpectedly still ends one day
         if has(self.device_error_marker):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
         too_big = self.oom_rows_over and sum(r.count for r in requests) > self.oom_rows_over

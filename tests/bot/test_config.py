@@ -46,12 +46,13 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(("text", "message"), [
     ("[engine]\ndevcie = 'cpu'\n",
      "unknown key `engine.devcie` (expected one of: device, dtype, hypernet_dtype, max_batch, hypernet_cache_mb, "
-     "progress_interval_s, heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s)"),
+     "progress_interval_s, heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s)"),
     ("[engin]\n", "unknown section `[engin]` (expected one of: discord, storage, models, intake, engine, limits, logging)"),
     ("[engine]\nmax_batch = 'four'\n", '`engine.max_batch` must be an integer, got string "four"'),
     ("[engine]\nmax_batch = 2.5\n", "`engine.max_batch` must be an integer, got number 2.5"),
     ("[engine]\ndevice = 'gpu'\n", '`engine.device` must be one of auto, cuda, cpu; got "gpu"'),
     ("[engine]\nmax_batch = 0\n", "`engine.max_batch` must be at least 1; got 0"),
+    ("[engine]\njob_timeout_s = 1\n", "`engine.job_timeout_s` must be at least 5; got 1.0"),
     ("[discord]\nowner_ids = [1, 'two']\n", '`discord.owner_ids[1]` must be an integer, got string "two"'),
     ("[discord]\nowner_ids = 5\n", "`discord.owner_ids` must be a list of integers, got integer 5"),
     ("[discord]\nsync_global_on_start = 1\n", "`discord.sync_global_on_start` must be true or false, got integer 1"),
@@ -81,11 +82,20 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert settings.intake.allow_private_addresses is True
 
 
+def test_job_timeout_reaches_the_engine_client(tmp_path: Path) -> None:
+    from bot.runner import build_engine
+
+    assert build_engine(load_settings(write(tmp_path, ""), environ={})).job_timeout_s == 600.0
+    settings = load_settings(write(tmp_path, "[engine]\njob_timeout_s = 90\n"),
+                             environ={"HYPERCORD_ENGINE__JOB_TIMEOUT_S": "45.5"})
+    assert build_engine(settings).job_timeout_s == 45.5
+
+
 @pytest.mark.parametrize(("environ", "message"), [
     ({"HYPERCORD_ENGINE__MAX_BATCH": "four"}, '`engine.max_batch` must be an integer, got string "four"'),
     ({"HYPERCORD_ENGINE__DEVCIE": "cpu"}, "environment variable HYPERCORD_ENGINE__DEVCIE: unknown key `engine.devcie` "
      "(expected one of: device, dtype, hypernet_dtype, max_batch, hypernet_cache_mb, progress_interval_s, "
-     "heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s)"),
+     "heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s)"),
     ({"HYPERCORD_ENGINEDEVICE": "cpu"}, "environment variable HYPERCORD_ENGINEDEVICE does not name a setting (use "
      "HYPERCORD_<SECTION>__<KEY>, sections: discord, storage, models, intake, engine, limits, logging)"),
 ])

@@ -52,6 +52,8 @@ FAULTS = {
     "device_error_marker": "@DEVERR@",
     "slow_marker": "@SLOW@",
     "slow_step_s": 0.25,
+    "hang_marker": "@HANG@",
+    "hang_s": 60.0,  # longer than any test; the client must not wait for it
 }
 FAKE_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.fake.token-for-tests"
 
@@ -319,6 +321,42 @@ async def test_hung_worker_is_detected_and_replaced(client):
     assert await ready_pid(client) != pid and after.restarts == before.restarts + 1
 
 
+async def test_stuck_batch_times_out_and_the_queue_moves_on(client, caplog):
+    caplog.set_level(logging.WARNING, logger="engine.client")
+    pid = await ready_pid(client)
+    before = client.status()
+    saved = client.job_timeout_s
+    client.job_timeout_s = 4.0  # longer than heartbeat_timeout_s (3 s): the stuck worker keeps answering pings
+    try:
+        stuck = client.submit(req(user=93, prompt="@HANG@ stuck"))
+        mate = client.submit(req(user=94, prompt="batch-mate"))
+        seen = []
+        async for ev in stuck.events():  # once its batch is on the worker, queue a job behind it
+            seen.append(ev)
+            if isinstance(ev, Started):
+                break
+        behind = client.submit(req(user=95, prompt="behind", size=72))  # another size: cannot join the stuck batch
+        assert client.position(behind.job_id) == 0
+        stuck_events = seen + await collect(stuck)
+        mate_events = await collect(mate)
+    finally:
+        client.job_timeout_s = saved
+    for events, handle in ((stuck_events, stuck), (mate_events, mate)):
+        failure = events[-1]
+        assert isinstance(failure, Failure) and failure.kind == FailureKind.TIMEOUT
+        assert failure.message == "The render took longer than 4 s and was stopped."
+        assert failure.hint == "Try fewer steps, a smaller size or fewer images." and not failure.retryable
+        assert [e.attempt for e in events if isinstance(e, Started)] == [1] and handle.attempts == 1  # not retried
+    assert next(e.batch_id for e in stuck_events if isinstance(e, Started)) == next(
+        e.batch_id for e in mate_events if isinstance(e, Started)), "the two jobs should have shared one batch"
+    assert "render time limit" in caplog.text and "stopped answering" not in caplog.text
+    result = await behind.result()
+    assert len(result.images) == 1 and behind.attempts == 1
+    after = client.status()
+    assert await ready_pid(client) != pid and after.restarts == before.restarts + 1
+    assert after.jobs_failed == before.jobs_failed + 2
+
+
 async def test_worker_environment_lacks_the_token(client):
     assert os.environ["DISCORD_TOKEN"] == FAKE_TOKEN
     raw = Path(f"/proc/{await ready_pid(client)}/environ").read_bytes()
@@ -351,3 +389,5 @@ async def test_submit_before_start_is_refused():
     idle = EngineClient(WorkerConfig(checkpoint="tiny", device="cpu"))
     with pytest.raises(WorkerUnavailable):
         idle.submit(req())
+    with pytest.raises(ValueError, match="job_timeout_s must be positive"):
+        EngineClient(WorkerConfig(checkpoint="tiny", device="cpu"), job_timeout_s=0)
