@@ -242,7 +242,8 @@ class JobMessage:
         permission is missing; a last failure is logged (the job itself is already stored)."""
         await self.settle()
         limit = self.upload_limit if self.via_token and self.token_fresh() else min(self.upload_limit, 10 * 2**20)
-        uploads, re_encoded = fit_images(pngs or [], limit, stem) if pngs else ([], False)
+        # Re-encoding a large image takes CPU time: keep it off the event loop.
+        uploads, re_encoded = await asyncio.to_thread(fit_images, pngs, limit, stem) if pngs else ([], False)
         note = "re-encoded to fit Discord's upload limit (PNG info is in Info)" if re_encoded else ""
         if note and embed is not None:
             embed.set_footer(text=f"{embed.footer.text} · {note}" if embed.footer.text else note)
