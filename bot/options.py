@@ -21,8 +21,8 @@ from engine.prompt import (
     PromptError,
     check_negative_prompt,
     format_multiplier,
-    format_tag,
     parse_request_prompt,
+    rebuild_prompt,
     resolve_names,
 )
 from engine.protocol import GenerateRequest, HypernetRef
@@ -77,7 +77,7 @@ class ImaginePlan:
     @property
     def prompt_line(self) -> str:
         """Clean text plus every tag in normalised form: what is stored, shown and written to the infotext."""
-        return " ".join([self.text, *(format_tag(t.name, t.multiplier) for t in self.tags)])
+        return rebuild_prompt(self.text, self.tags)
 
 
 def random_seed() -> int:
