@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,18 +33,27 @@ def hold_exclusive_lock(path: Path, seconds: float, locked: threading.Event) -> 
     conn.close()
 
 
+@contextlib.asynccontextmanager
+async def locked_database(path: Path, seconds: float) -> AsyncIterator[None]:
+    """Another connection holds the write lock for ``seconds`` from entry; exit waits until it lets go."""
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_exclusive_lock, args=(path, seconds, locked))
+    holder.start()
+    await asyncio.to_thread(locked.wait, 5)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(holder.join)
+
+
 async def test_write_is_retried_until_the_lock_is_released(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "db.sqlite3", busy_timeout_ms=50)
     try:
         job = await store.jobs.create(new_job())
-        locked = threading.Event()
-        holder = threading.Thread(target=hold_exclusive_lock, args=(tmp_path / "db.sqlite3", 0.6, locked))
-        holder.start()
-        await asyncio.to_thread(locked.wait, 5)
-        with pytest.raises(DatabaseBusy):  # a single attempt fails: the lock outlives the busy timeout
-            await store.jobs.mark_done(job.id, ["1/0.png"], 1.0)
-        ok = await persist("test", lambda: store.jobs.mark_done(job.id, ["1/0.png"], 1.0), delays=(0.2,) * 10)
-        await asyncio.to_thread(holder.join)
+        async with locked_database(tmp_path / "db.sqlite3", 0.6):
+            with pytest.raises(DatabaseBusy):  # a single attempt fails: the lock outlives the busy timeout
+                await store.jobs.mark_done(job.id, ["1/0.png"], 1.0)
+            ok = await persist("test", lambda: store.jobs.mark_done(job.id, ["1/0.png"], 1.0), delays=(0.2,) * 10)
         assert ok
         done = await store.jobs.get(job.id)
         assert done is not None and done.status == "done" and done.image_paths == ("1/0.png",)
@@ -54,12 +65,9 @@ async def test_gives_up_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFix
     store = await Store.open(tmp_path / "db.sqlite3", busy_timeout_ms=20)
     try:
         job = await store.jobs.create(new_job())
-        locked = threading.Event()
-        holder = threading.Thread(target=hold_exclusive_lock, args=(tmp_path / "db.sqlite3", 1.0, locked))
-        holder.start()
-        await asyncio.to_thread(locked.wait, 5)
-        ok = await persist(f"job {job.id} done", lambda: store.jobs.mark_done(job.id, [], 1.0), delays=(0.05, 0.05))
-        await asyncio.to_thread(holder.join)
+        async with locked_database(tmp_path / "db.sqlite3", 1.0):
+            ok = await persist(f"job {job.id} done", lambda: store.jobs.mark_done(job.id, [], 1.0),
+                               delays=(0.05, 0.05))
         assert not ok
         assert f"job {job.id} done: gave up after the database stayed locked" in caplog.text
         still = await store.jobs.get(job.id)
