@@ -26,6 +26,8 @@ run: install-run
 test: install-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 lint: install-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy

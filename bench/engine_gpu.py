@@ -41,12 +41,12 @@ SCHEDULER_SD15 = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "sc
 
 
 def build_sd15_folder(folder: Path) -> None:
-    """Write a random-weight SD1.5-shaped pipeline (fp16 safetensors) that ``Engine.load`` reads as a folder."""
+    """Write a random-weight SD1.5-shaped pipeline (fp16 safetensors) that ``Renderer.load`` reads as a folder."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.tiny import build_tokenizer
+    from engine.worker.tiny import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.client import EngineClient  # noqa: E402
-from engine.protocol import GenerateRequest, HypernetRef, WorkerConfig  # noqa: E402
+from engine.client import EngineClient, LocalWorkers  # noqa: E402
+from engine.prompt import format_tag  # noqa: E402
+from engine.protocol import GenerateRequest, HypernetRef, RenderSettings, WorkerConfig  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hypernetworks"
 
@@ -57,17 +58,18 @@ def build_store(store: Path, fixtures: Path, limit: int) -> list[HypernetRef]:
 async def run(max_batch: int, args: argparse.Namespace, store: Path, refs: list[HypernetRef]) -> dict[str, float]:
     config = WorkerConfig(checkpoint=args.checkpoint, device=args.device, max_batch=max_batch, model_store_dir=str(store),
                           progress_interval_s=1.0, hypernet_cache_bytes=1 << 30)
-    client = EngineClient(config, max_queue=10_000, max_per_user=10_000, heartbeat_timeout_s=120.0,
-                          extra_env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    transport = LocalWorkers(extra_env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    client = EngineClient(config, transport=transport, max_queue=10_000, max_per_user=10_000, heartbeat_timeout_s=120.0)
     await client.start()
     ids = itertools.count(1)
     nets = itertools.cycle(refs or [None])
 
     def request(user: int) -> GenerateRequest:
         net = next(nets)
-        return GenerateRequest(job_id=next(ids), user_id=user, prompt="water elemental woman", prompt_line="p",
-                               hypernets=(net,) if net else (), seed=next(ids), steps=args.steps, width=args.size,
-                               height=args.size, count=1)
+        tags = f" {format_tag(net.name, net.multiplier)}" if net else ""
+        settings = RenderSettings(prompt=f"water elemental woman{tags}", hypernets=(net,) if net else (),
+                                  seed=next(ids), steps=args.steps, width=args.size, height=args.size, count=1)
+        return GenerateRequest(job_id=next(ids), user_id=user, settings=settings)
 
     try:
         await asyncio.gather(*(client.submit(request(u)).result() for u in range(min(4, args.users))))  # warm-up

@@ -7,8 +7,15 @@ ids listed in ``discord.owner_ids``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import discord
 from discord import app_commands
+from discord.ext import commands
+
+#: What the decorators below accept: an app command or its callback (discord.py's own check typing).
+T = TypeVar("T", bound=app_commands.Command[Any, ..., Any] | Callable[..., Any])
 
 
 class NotAllowed(app_commands.CheckFailure):
@@ -25,7 +32,8 @@ def is_guild_manager(interaction: discord.Interaction) -> bool:
 
 def is_bot_owner(interaction: discord.Interaction) -> bool:
     """True for the owners named in the settings (read from the bot instance, never a global)."""
-    owner_ids: set[int] = getattr(interaction.client, "owner_ids", None) or set()
+    client = interaction.client
+    owner_ids = (client.owner_ids or set()) if isinstance(client, commands.Bot) else set()
     return interaction.user.id in owner_ids
 
 
@@ -39,21 +47,20 @@ def require_bot_owner(interaction: discord.Interaction) -> None:
         raise NotAllowed("Only the bot's owners can do that.")
 
 
-def guild_manager_only():  # type: ignore[no-untyped-def]
+def guild_manager_only() -> Callable[[T], T]:
     """Decorator: app command check + Discord UI hint (Manage Server)."""
 
     def predicate(interaction: discord.Interaction) -> bool:
         require_guild_manager(interaction)
         return True
 
-    def decorator(func):  # type: ignore[no-untyped-def]
-        func = app_commands.default_permissions(manage_guild=True)(func)
-        return app_commands.check(predicate)(func)
+    def decorator(func: T) -> T:
+        return app_commands.check(predicate)(app_commands.default_permissions(manage_guild=True)(func))
 
     return decorator
 
 
-def bot_owner_only():  # type: ignore[no-untyped-def]
+def bot_owner_only() -> Callable[[T], T]:
     """Decorator: app command check for the configured owners."""
 
     def predicate(interaction: discord.Interaction) -> bool:

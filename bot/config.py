@@ -65,6 +65,7 @@ class DiscordSettings:
     rest_base_url: str = _opt("https://discord.com/api/v10")
     gateway_url: str = _opt("wss://gateway.discord.gg/")
     sync_global_on_start: bool = _opt(False)
+    edit_interval_s: float = _opt(1.5, min=0.05, max=60)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """The resolved settings as plain data, the token masked (for ``--check-config``)."""
-        data = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()}
+        data: dict[str, Any] = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()}
         data["token"] = "********** (set)" if self.token else "(not set)"
         return data
 

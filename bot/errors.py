@@ -29,13 +29,13 @@ class UserFacingError(Exception):
         self.message = message
 
 
-async def send_ephemeral(interaction: discord.Interaction, content: str, **kwargs: object) -> None:
+async def send_ephemeral(interaction: discord.Interaction[discord.Client], content: str) -> None:
     """Reply ephemerally whether or not the interaction was already answered or deferred."""
     content = content[:2000]
     if interaction.response.is_done():
-        await interaction.followup.send(content, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+        await interaction.followup.send(content, ephemeral=True)
     else:
-        await interaction.response.send_message(content, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+        await interaction.response.send_message(content, ephemeral=True)
 
 
 def _message_for(error: app_commands.AppCommandError) -> str | None:

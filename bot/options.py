@@ -1,43 +1,39 @@
-"""Turn /imagine's slash options into a validated plan for one job; torch-free and free of Discord IO.
+"""Turn /imagine's slash options into the :class:`RenderSettings` of one job; torch-free and free of Discord IO.
 
 Why a pure module: every rule that decides "is this request acceptable" lives here, so the cog stays a thin
-adapter, and the same rules apply to a slash command, to the Set-multiplier modal and to stored jobs being
-re-run.  Ranges come from ``settings.limits`` (declared to Discord by the cog *and* checked here, because a
-client can send anything).  Every refusal is an :class:`OptionError` whose text says what is wrong and how
-to fix it.
+adapter, and the same rules apply to a slash command and to the Set-multiplier modal.  Ranges come from
+``settings.limits`` (declared to Discord by the cog *and* checked here, because a client can send anything).
+Every refusal is an :class:`OptionError` whose text says what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from bot.config import LimitSettings
-from bot.store import Job
+from bot.store import Hypernet
+from engine.names import name_problem
 from engine.prompt import (
-    HypernetTag,
+    LIST_COMMAND,
     PromptError,
     check_negative_prompt,
     format_multiplier,
+    format_tag,
     parse_request_prompt,
-    rebuild_prompt,
     resolve_names,
 )
-from engine.protocol import GenerateRequest, HypernetRef
+from engine.render_settings import HypernetRef, RenderSettings
 
 __all__ = [
     "MAX_SEED",
     "SAMPLER_NAMES",
     "SIZE_PRESETS",
-    "ImaginePlan",
     "OptionError",
-    "build_plan",
+    "build_settings",
     "check_multiplier",
-    "clean_text",
     "random_seed",
-    "request_for_job",
     "size_choices",
     "step_multiplier",
 ]
@@ -57,27 +53,6 @@ MAX_SEED = 2**32 - 1
 
 class OptionError(ValueError):
     """A refused option; ``str()`` is a complete sentence for the user."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImaginePlan:
-    """A validated request, before hypernet names are tied to files (the cog resolves sha256 from the registry)."""
-
-    text: str
-    tags: tuple[HypernetTag, ...]
-    negative_prompt: str
-    seed: int
-    steps: int
-    cfg_scale: float
-    sampler: str
-    width: int
-    height: int
-    count: int
-
-    @property
-    def prompt_line(self) -> str:
-        """Clean text plus every tag in normalised form: what is stored, shown and written to the infotext."""
-        return rebuild_prompt(self.text, self.tags)
 
 
 def random_seed() -> int:
@@ -131,33 +106,37 @@ def step_multiplier(value: float, direction: int, limits: LimitSettings) -> floa
     return round(min(high, max(low, value + direction * step)), 4) + 0.0
 
 
-def build_plan(*, prompt: str, limits: LimitSettings, available: Collection[str], negative_prompt: str | None = None,
-               seed: int | None = None, steps: int | None = None, cfg_scale: float | None = None,
-               sampler: str | None = None, size: str | None = None, width: int | None = None,
-               height: int | None = None, count: int | None = None, hypernet: str | None = None,
-               multiplier: float | None = None, default_multipliers: Mapping[str, float] | None = None) -> ImaginePlan:
-    """Validate everything; raise :class:`OptionError` (or engine.prompt's PromptError, a ValueError too).
+def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, models: Mapping[str, Hypernet],
+                   negative_prompt: str | None = None, seed: int | None = None, steps: int | None = None,
+                   cfg_scale: float | None = None, sampler: str | None = None, size: str | None = None,
+                   width: int | None = None, height: int | None = None, count: int | None = None,
+                   hypernet: str | None = None, multiplier: float | None = None) -> RenderSettings:
+    """Validate everything and resolve the hypernet tags; raise :class:`OptionError` otherwise.
 
-    ``available`` is the set of hypernet names usable in this guild (enabled ones).  ``hypernet``/``multiplier``
-    are the option alternative to a tag; without ``multiplier`` the model's default multiplier applies.
+    ``models`` are the hypernetworks usable in this guild (enabled ones) by name: a tag's sha256 comes from there,
+    as does the default multiplier of the ``hypernet`` option given without ``multiplier``.  That option becomes a
+    tag appended to the prompt, so the stored prompt names every hypernet the job applies, in order.
     """
     if not prompt or not prompt.strip():
         raise OptionError("The prompt is empty: describe the image you want, e.g. `a lighthouse at dusk`.")
+    typed = prompt.strip()
     try:
-        parsed = parse_request_prompt(prompt, min_multiplier=limits.min_multiplier,
-                                      max_multiplier=limits.max_multiplier, max_tags=limits.max_hypernets,
-                                      max_length=limits.max_prompt_length)
-        tags = list(parsed.tags)
         if multiplier is not None and not hypernet:
             raise OptionError("`multiplier` needs `hypernet` too: pick a hypernetwork, or put the multiplier in a "
                               "tag like `<hypernet:NAME:0.8>`.")
         if hypernet:
             name = hypernet.strip()
-            mult = (default_multipliers or {}).get(name, 1.0) if multiplier is None else multiplier
-            tags.append(HypernetTag(name, check_multiplier(mult, limits, name)))
-        if len(tags) > limits.max_hypernets:
-            raise OptionError(f"Too many hypernetworks ({len(tags)}); at most {limits.max_hypernets} per image.")
-        resolve_names(tags, available)
+            row = models.get(name)
+            mult = (row.default_multiplier if row is not None else 1.0) if multiplier is None else multiplier
+            problem = name_problem(name)
+            if problem is not None:
+                raise OptionError(f"`{name[:80]}` cannot be a hypernetwork name ({problem}); `{LIST_COMMAND}` shows "
+                                  f"the installed ones.")
+            typed = f"{typed} {format_tag(name, check_multiplier(mult, limits, name))}"
+        parsed = parse_request_prompt(typed, min_multiplier=limits.min_multiplier,
+                                      max_multiplier=limits.max_multiplier, max_tags=limits.max_hypernets,
+                                      max_length=limits.max_prompt_length)
+        tags = resolve_names(parsed.tags, models)
         negative = check_negative_prompt(negative_prompt or "", max_length=limits.max_prompt_length)
     except PromptError as exc:
         raise OptionError(_sentence(str(exc))) from None
@@ -178,27 +157,12 @@ def build_plan(*, prompt: str, limits: LimitSettings, available: Collection[str]
         seed = random_seed()
     elif seed > MAX_SEED:
         raise OptionError(f"Seed must be between 0 and {MAX_SEED} (or -1 for a random one); you gave {seed}.")
-    return ImaginePlan(parsed.text, tuple(tags), negative, seed, steps, cfg, sampler, w, h, count)
+    refs = tuple(HypernetRef(t.name, models[t.name].sha256, t.multiplier) for t in tags)
+    return RenderSettings(prompt=typed, negative_prompt=negative, hypernets=refs, seed=seed, steps=steps,
+                          cfg_scale=cfg, sampler=sampler, width=w, height=h, count=count, checkpoint=checkpoint)
 
 
 def _sentence(text: str) -> str:
     text = text.strip()
     text = text[0].upper() + text[1:] if text and text[0].islower() else text
     return text if text.endswith((".", "?", "!")) else text + "."
-
-
-def clean_text(prompt_line: str) -> str:
-    """The text-encoder prompt of a stored job (its prompt line without the tags); wide limits, because the
-    configured ones may have changed since the job was stored."""
-    parsed = parse_request_prompt(prompt_line, min_multiplier=-1e9, max_multiplier=1e9, max_tags=10_000,
-                                  max_length=1_000_000)
-    return parsed.text
-
-
-def request_for_job(job: Job) -> GenerateRequest:
-    """The engine request for a stored job (jobs keep the exact files they used; zero multipliers are skipped)."""
-    refs = tuple(HypernetRef(h.name, h.sha256, h.multiplier) for h in job.hypernets if h.multiplier != 0)
-    return GenerateRequest(job_id=job.id, user_id=job.user_id, prompt=clean_text(job.prompt), prompt_line=job.prompt,
-                           negative_prompt=job.negative_prompt, hypernets=refs, seed=job.seed, steps=job.steps,
-                           cfg_scale=job.cfg_scale, sampler=job.sampler, width=job.width, height=job.height,
-                           count=job.count)

@@ -1,7 +1,9 @@
-"""Builds the services from settings, runs the bot, and shuts everything down in order.
+"""The composition root: builds every service from the settings, runs the bot, shuts everything down in order.
 
-Why separate from ``__main__``: this is the composition root (the one place that knows every
-concrete class), kept apart from argument parsing so tests can run it in-process too.
+Why one place: this is the only module that knows every concrete class (the store, the engine client and its
+transport, the job and model services, the Discord presenters in ``cogs``) and wires them together; everything else
+receives its dependencies.  Kept apart from argument parsing so tests build the same bot in-process
+(:func:`build_bot`) with their own transport.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ from pathlib import Path
 import discord
 import yarl
 
+import cogs
 from bot.app import HypercordBot
 from bot.config import DiscordSettings, Settings
+from bot.jobs import EngineAPI, ImageStore, JobService
+from bot.models import ModelService
+from bot.ratelimit import RateLimiter
 from bot.store import Store
-from engine.client import EngineClient
+from cogs.job_messages import DiscordPresenters
+from engine.client import EngineClient, WorkerTransport
+from engine.fit import ModelShape
 from engine.protocol import WorkerConfig
+
+__all__ = ["build_bot", "build_engine", "point_discord_at", "run_bot", "worker_config"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +55,12 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-def build_engine(settings: Settings) -> EngineClient:
+def build_engine(settings: Settings, *, transport: WorkerTransport | None = None) -> EngineClient:
+    """The engine client; ``transport`` defaults to a child worker process (tests add fault injection there)."""
     eng, lim = settings.engine, settings.limits
     return EngineClient(
         worker_config(settings),
+        transport=transport,
         max_queue=lim.queue_max,
         max_per_user=lim.queue_per_user,
         heartbeat_interval_s=eng.heartbeat_interval_s,
@@ -58,17 +70,37 @@ def build_engine(settings: Settings) -> EngineClient:
     )
 
 
+def _model_shape(engine: EngineAPI) -> ModelShape | None:
+    """The running checkpoint's widths as the worker reported them (None until it has started)."""
+    status = engine.status()
+    if status.context_dim is None:
+        return None
+    return ModelShape(status.context_dim, frozenset(status.attention_widths))
+
+
+def build_bot(settings: Settings, store: Store, engine: EngineAPI, *, sync_global: bool = False) -> HypercordBot:
+    """The bot with its services: jobs (images folder, rate limits) and models (intake, folder sync)."""
+    lim = settings.limits
+    jobs = JobService(store, engine, ImageStore(settings.storage.images_dir),
+                      RateLimiter(rate_per_minute=lim.rate_per_minute, burst=lim.rate_burst))
+    models = ModelService(store, settings, model_shape=lambda: _model_shape(engine))
+    presenters = DiscordPresenters(edit_interval_s=settings.discord.edit_interval_s)
+    return HypercordBot(settings, store, engine, jobs, models, presenters=presenters, extensions=cogs.EXTENSIONS,
+                        sync_global=sync_global)
+
+
 async def run_bot(settings: Settings, *, sync_global: bool = False) -> int:
     """Run until logged out or SIGTERM/SIGINT; returns the process exit status."""
-    assert settings.token is not None
+    if settings.token is None:
+        raise ValueError("run_bot needs settings with a token")
     point_discord_at(settings.discord)
     store = await Store.open(settings.storage.database, busy_timeout_ms=settings.storage.busy_timeout_ms)
     engine = build_engine(settings)
-    bot = HypercordBot(settings, store, engine, sync_global=sync_global)
+    bot = build_bot(settings, store, engine, sync_global=sync_global)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda s=sig: _request_shutdown(bot, s))
+            loop.add_signal_handler(sig, _request_shutdown, bot, sig)
     try:
         async with bot:
             await bot.start(settings.token.get())

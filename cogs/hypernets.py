@@ -1,10 +1,11 @@
 """/hypernets: list and inspect the installed hypernetworks; server admins add, edit, enable/disable, remove.
 
 Why the cog is thin: every rule (names, scopes, intake, garbage collection, the size-compatibility flag) lives
-in :class:`bot.models.ModelService`, which tests drive without Discord.  This module turns options into calls
-and results into ephemeral replies.  Permissions are checked in code (``bot.checks``): ``default_permissions``
-cannot even be set per subcommand, and is only a hint anyway.  Admin answers are ephemeral; nothing an admin
-does is announced in the channel.  Every refusal is one line, written by the service or by intake.
+in :class:`bot.models.ModelService` (``bot.models`` on the bot), which tests drive without Discord.  This module
+turns options into calls and results into ephemeral replies.  Permissions are checked in code (``bot.checks``):
+``default_permissions`` cannot even be set per subcommand, and is only a hint anyway.  Admin answers are
+ephemeral; nothing an admin does is announced in the channel.  Every refusal is one line, written by the service
+or by intake.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, Optional
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.autocomplete import hypernet_autocomplete, hypernet_choices
 from bot.checks import bot_owner_only, guild_manager_only, is_bot_owner, is_guild_manager, require_bot_owner
-from bot.embeds import clip
 from bot.errors import UserFacingError
-from bot.model_folder_sync import FolderSyncReport
-from bot.models import AddOutcome, ModelError, ModelOptions, ModelService, engine_context_dim
+from bot.models import AddOutcome, FolderSyncReport, ModelError, ModelOptions, ModelService, folder_source_note
 from bot.store import Hypernet
+from cogs.autocomplete import guarded_choices, hypernet_autocomplete
+from cogs.embeds import clip, quote
+from cogs.ui import ConfirmView, Page, Pager
+from engine.prompt import format_multiplier, format_tag
 
 if TYPE_CHECKING:
     from bot.app import HypercordBot
+
+Interaction = discord.Interaction["HypercordBot"]
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +42,12 @@ _COLOUR = discord.Colour(0x5865F2)
 _MiB = 1 << 20
 
 
-def _quote(text: str, limit: int) -> str:
-    """User text shown inside an embed: no backticks (they would end our code spans), bounded."""
-    return clip(text.replace("`", "ˋ"), limit)
-
-
 def _mult(value: float) -> str:
-    return f"{value:g}"
+    return format_multiplier(value)
 
 
 def example_tag(h: Hypernet) -> str:
-    return f"<hypernet:{h.name}:{_mult(h.default_multiplier)}>"
+    return format_tag(h.name, h.default_multiplier)
 
 
 def _scope(h: Hypernet) -> str:
@@ -57,103 +57,49 @@ def _scope(h: Hypernet) -> str:
 def _listing_line(h: Hypernet, flag: str | None) -> str:
     line = f"**`{h.name}`** · {_scope(h)} · ×{_mult(h.default_multiplier)}"
     if h.description:
-        line += f" — {_quote(h.description, 90)}"
+        line += f" — {quote(h.description, 90)}"
     if flag:
         line += f"\n⚠️ {flag}"
     return line
 
 
-class ListPager(discord.ui.View):
-    """Pages of ``/hypernets list`` with Previous/Next buttons, usable only by whoever asked."""
+class ListPages:
+    """Pages of ``/hypernets list``: models visible in a guild matching a query, by name, with fit flags."""
 
-    def __init__(self, service: ModelService, user_id: int, guild_id: int | None, query: str | None) -> None:
-        super().__init__(timeout=600)
-        self.service, self.user_id, self.guild_id, self.query = service, user_id, guild_id, query
-        self.page, self.total = 0, 0
+    def __init__(self, service: ModelService, guild_id: int | None, query: str | None) -> None:
+        self.service, self.guild_id, self.query = service, guild_id, query
 
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / PAGE_SIZE))
-
-    async def render(self) -> discord.Embed:
+    async def render(self, page: int) -> Page:
         store = self.service.store.hypernets
-        self.total = await store.count_search(self.guild_id, self.query)
-        self.page = min(self.page, self.pages - 1)
-        rows = await store.search(self.guild_id, self.query, offset=self.page * PAGE_SIZE, limit=PAGE_SIZE)
-        title = f"Hypernetworks ({self.total})" if not self.query else f"Hypernetworks matching “{clip(self.query, 60)}”"
+        total = await store.count_search(self.guild_id, self.query)
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        page = min(page, pages - 1)
+        rows = await store.search(self.guild_id, self.query, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
+        title = f"Hypernetworks ({total})" if not self.query else f"Hypernetworks matching “{clip(self.query, 60)}”"
         embed = discord.Embed(title=title, colour=_COLOUR)
         if rows:
             embed.description = "\n".join(_listing_line(h, self.service.compatibility(h)) for h in rows)[:4000]
         else:
             embed.description = ("No model matches that search." if self.query
                                  else "No hypernetworks are installed here yet.")
-        embed.set_footer(text=f"Page {self.page + 1}/{self.pages} · use a model in /imagine with "
+        embed.set_footer(text=f"Page {page + 1}/{pages} · use a model in /imagine with "
                               f"<hypernet:NAME:MULTIPLIER> · details: /hypernets info")
-        self.previous.disabled = self.page == 0
-        self.next.disabled = self.page >= self.pages - 1
-        return embed
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.user_id:
-            await interaction.response.send_message("These buttons belong to someone else's list; run "
-                                                    "`/hypernets list` yourself.", ephemeral=True)
-            return False
-        return True
-
-    async def _turn(self, interaction: discord.Interaction, delta: int) -> None:
-        self.page = max(0, self.page + delta)
-        embed = await self.render()
-        await interaction.response.edit_message(embed=embed, view=self)
-
-    @discord.ui.button(label="Previous", emoji="◀️", style=discord.ButtonStyle.secondary)
-    async def previous(self, interaction: discord.Interaction, _button: discord.ui.Button[ListPager]) -> None:
-        await self._turn(interaction, -1)
-
-    @discord.ui.button(label="Next", emoji="▶️", style=discord.ButtonStyle.secondary)
-    async def next(self, interaction: discord.Interaction, _button: discord.ui.Button[ListPager]) -> None:
-        await self._turn(interaction, +1)
-
-
-class ConfirmRemove(discord.ui.View):
-    """Remove / Keep buttons under the ``/hypernets remove`` question."""
-
-    def __init__(self, service: ModelService, user_id: int, hypernet: Hypernet) -> None:
-        super().__init__(timeout=120)
-        self.service, self.user_id, self.hypernet = service, user_id, hypernet
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
-
-    @discord.ui.button(label="Remove", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, _button: discord.ui.Button[ConfirmRemove]) -> None:
-        self.stop()
-        try:
-            removed = await self.service.remove(self.hypernet)
-        except ModelError as error:
-            await interaction.response.edit_message(content=error.message, view=None)
-            return
-        await interaction.response.edit_message(
-            content=f"Removed `{removed.name}`. Past images keep its name in everyone's history.", view=None)
-
-    @discord.ui.button(label="Keep", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, _button: discord.ui.Button[ConfirmRemove]) -> None:
-        self.stop()
-        await interaction.response.edit_message(content=f"Kept `{self.hypernet.name}`.", view=None)
+        return Page(embed=embed, has_next=page < pages - 1)
 
 
 def info_embed(h: Hypernet, flag: str | None) -> discord.Embed:
     """Everything known about one model, within Discord's embed limits."""
     embed = discord.Embed(title=clip(h.name, 256), colour=_COLOUR,
-                          description=_quote(h.description, 1000) if h.description else None)
+                          description=quote(h.description, 1000) if h.description else None)
     embed.add_field(name="Use it", value=f"`{example_tag(h)}` in an /imagine prompt", inline=False)
     if flag:
         embed.add_field(name="⚠️ Compatibility", value=clip(flag, 1000), inline=False)
     embed.add_field(name="Sizes", value=", ".join(str(s) for s in h.sizes) or "none")
     embed.add_field(name="Layer structure", value=clip("[" + ", ".join(_mult(x) for x in h.layer_structure) + "]", 200))
     embed.add_field(name="Activation", value=clip(h.activation, 100))
-    embed.add_field(name="Trained on", value=_quote(h.base_model or "unknown", 200))
+    embed.add_field(name="Trained on", value=quote(h.base_model or "unknown", 200))
     embed.add_field(name="Default multiplier", value=_mult(h.default_multiplier))
-    embed.add_field(name="Trigger words", value=_quote(h.trigger_words, 500) if h.trigger_words else "none")
+    embed.add_field(name="Trigger words", value=quote(h.trigger_words, 500) if h.trigger_words else "none")
     embed.add_field(name="Scope", value="global (every server)" if h.is_global else "this server only")
     added_by = f"<@{h.added_by}>" if h.added_by is not None else "the bot owner (models folder)"
     embed.add_field(name="Added", value=f"by {added_by}, <t:{int(h.added_at)}:R>")
@@ -177,26 +123,19 @@ def _rescan_text(report: FolderSyncReport) -> str:
     for label, names in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
         if names:
             lines.append(f"{label.capitalize()}: " + ", ".join(f"`{n}`" for n in names[:30]))
-    lines += [f"✗ `{_quote(path, 100)}`: {clip(reason, 200)}" for path, reason in report.refused[:15]]
+    lines += [f"✗ `{quote(path, 100)}`: {clip(reason, 200)}" for path, reason in report.refused[:15]]
     return "\n".join(lines)[:2000]
 
 
 class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description="Browse and manage hypernetworks"):
     """The ``/hypernets`` command group."""
 
-    def __init__(self, bot: HypercordBot, service: ModelService) -> None:
+    def __init__(self, bot: HypercordBot) -> None:
         self.bot = bot
-        self.service = service
+        self.service = bot.models
         super().__init__()
 
-    async def cog_load(self) -> None:
-        """Pick up the drop-in folder at start (A1111 does the same); a broken file never stops the bot."""
-        try:
-            await self.service.sync_model_folder()
-        except Exception:
-            log.exception("scanning the models folder at start failed")
-
-    async def cog_app_command_error(self, interaction: discord.Interaction,
+    async def cog_app_command_error(self, interaction: Interaction,  # type: ignore[override]
                                     error: app_commands.AppCommandError) -> None:
         """Log refusals (permissions, bad names...); the tree's handler shows them, and logs real bugs itself."""
         original = getattr(error, "original", error)
@@ -207,36 +146,35 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
 
     # ---- helpers --------------------------------------------------------------------------------------------
 
-    async def _managed(self, interaction: discord.Interaction, name: str) -> Hypernet:
+    async def _managed(self, interaction: Interaction, name: str) -> Hypernet:
         hypernet = await self.service.find(name, interaction.guild_id)
         self.service.require_manageable(hypernet, interaction.guild_id, is_owner=is_bot_owner(interaction))
         return hypernet
 
-    async def _admin_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def _admin_names(self, interaction: Interaction, current: str) -> list[app_commands.Choice[str]]:
         """Names an admin can act on: disabled ones included (to enable them again)."""
-        try:
-            return await hypernet_choices(self.service.store, interaction.guild_id, current, include_disabled=True)
-        except Exception:
-            log.exception("hypernet autocomplete failed")
-            return []
+        return await guarded_choices(interaction, current, include_disabled=True)
 
     # ---- everyone ---------------------------------------------------------------------------------------------
 
     @app_commands.command(name="list", description="List the hypernetworks you can use here")
     @app_commands.describe(query="Only models whose name, description or trigger words contain this")
-    async def list_models(self, interaction: discord.Interaction,
+    async def list_models(self, interaction: Interaction,
                           query: Optional[app_commands.Range[str, 1, 100]] = None) -> None:  # noqa: UP045
-        pager = ListPager(self.service, interaction.user.id, interaction.guild_id, query)
-        embed = await pager.render()
-        if pager.pages > 1:
-            await interaction.response.send_message(embed=embed, view=pager, ephemeral=True)
+        pages = ListPages(self.service, interaction.guild_id, query)
+        pager = Pager(interaction.user.id, pages.render,
+                      not_yours="These buttons belong to someone else's list; run `/hypernets list` yourself.")
+        first = await pager.show(0)
+        assert first.embed is not None
+        if first.has_next:
+            await interaction.response.send_message(embed=first.embed, view=pager, ephemeral=True)
         else:
-            await interaction.response.send_message(embed=embed, ephemeral=True)
+            await interaction.response.send_message(embed=first.embed, ephemeral=True)
 
     @app_commands.command(name="info", description="Details of one hypernetwork")
     @app_commands.describe(name="The model's name, as typed in tags (case-sensitive)")
     @app_commands.autocomplete(name=hypernet_autocomplete)
-    async def info(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
+    async def info(self, interaction: Interaction, name: app_commands.Range[str, 1, 100]) -> None:
         manager = is_guild_manager(interaction) or is_bot_owner(interaction)
         hypernet = await self.service.find(name, interaction.guild_id, include_disabled=manager)
         embed = info_embed(hypernet, self.service.compatibility(hypernet))
@@ -251,7 +189,7 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
                            default_multiplier="Strength used when a tag gives none (default 1)",
                            scope="Who can use it (global: bot owners only)")
     @guild_manager_only()
-    async def add(self, interaction: discord.Interaction, file: Optional[discord.Attachment] = None,  # noqa: UP045
+    async def add(self, interaction: Interaction, file: Optional[discord.Attachment] = None,  # noqa: UP045
                   link: Optional[app_commands.Range[str, 1, 1000]] = None,  # noqa: UP045
                   name: Optional[app_commands.Range[str, 1, 100]] = None,  # noqa: UP045
                   description: Optional[app_commands.Range[str, 1, 500]] = None,  # noqa: UP045
@@ -271,7 +209,7 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             if file is not None:
-                await interaction.edit_original_response(content=f"Checking `{_quote(file.filename, 100)}`…")
+                await interaction.edit_original_response(content=f"Checking `{quote(file.filename, 100)}`…")
                 data = await file.read()
                 outcome = await self.service.add_from_bytes(data, filename=file.filename, guild_id=guild_id,
                                                             added_by=interaction.user.id, options=options,
@@ -287,7 +225,7 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
         await interaction.edit_original_response(content=_added_text(outcome))
 
     @staticmethod
-    def _progress(interaction: discord.Interaction) -> Any:
+    def _progress(interaction: Interaction) -> Callable[[int, int | None], Awaitable[None]]:
         """Download progress as edits of the deferred reply, at most one every PROGRESS_EVERY_S seconds."""
         last = [0.0]
 
@@ -309,7 +247,7 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
                            trigger_words="New trigger words", default_multiplier="New default multiplier")
     @app_commands.autocomplete(name=_admin_names)
     @guild_manager_only()
-    async def edit(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100],
+    async def edit(self, interaction: Interaction, name: app_commands.Range[str, 1, 100],
                    description: Optional[app_commands.Range[str, 0, 500]] = None,  # noqa: UP045
                    trigger_words: Optional[app_commands.Range[str, 0, 200]] = None,  # noqa: UP045
                    default_multiplier: Optional[float] = None) -> None:  # noqa: UP045
@@ -324,17 +262,17 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
     @app_commands.describe(name="The model to enable")
     @app_commands.autocomplete(name=_admin_names)
     @guild_manager_only()
-    async def enable(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
+    async def enable(self, interaction: Interaction, name: app_commands.Range[str, 1, 100]) -> None:
         await self._set_enabled(interaction, name, True)
 
     @app_commands.command(name="disable", description="Hide a hypernetwork from lists and prompts (keeps it installed)")
     @app_commands.describe(name="The model to disable")
     @app_commands.autocomplete(name=_admin_names)
     @guild_manager_only()
-    async def disable(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
+    async def disable(self, interaction: Interaction, name: app_commands.Range[str, 1, 100]) -> None:
         await self._set_enabled(interaction, name, False)
 
-    async def _set_enabled(self, interaction: discord.Interaction, name: str, enabled: bool) -> None:
+    async def _set_enabled(self, interaction: Interaction, name: str, enabled: bool) -> None:
         hypernet = await self._managed(interaction, name)
         if hypernet.enabled == enabled:
             await interaction.response.send_message(f"`{hypernet.name}` is already {'enabled' if enabled else 'disabled'}.",
@@ -349,12 +287,17 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
     @app_commands.describe(name="The model to remove")
     @app_commands.autocomplete(name=_admin_names)
     @guild_manager_only()
-    async def remove(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
+    async def remove(self, interaction: Interaction, name: app_commands.Range[str, 1, 100]) -> None:
         hypernet = await self._managed(interaction, name)
         if hypernet.source == "folder":  # said before asking; the service refuses it too
-            raise ModelError(f"`{hypernet.name}` comes from the models folder (`{hypernet.source_detail}`): delete the "
-                             f"file there and run `/hypernets rescan`, or disable it instead.")
-        view = ConfirmRemove(self.service, interaction.user.id, hypernet)
+            raise ModelError(folder_source_note(hypernet))
+
+        async def remove() -> str:
+            removed = await self.service.remove(hypernet)
+            return f"Removed `{removed.name}`. Past images keep its name in everyone's history."
+
+        view = ConfirmView(interaction.user.id, confirm="Remove", keep="Keep", kept=f"Kept `{hypernet.name}`.",
+                           on_confirm=remove)
         await interaction.response.send_message(
             f"Remove `{hypernet.name}` ({_scope(hypernet)})? Prompts using it will stop working; past images keep "
             f"their history.", view=view, ephemeral=True)
@@ -363,16 +306,11 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
 
     @app_commands.command(name="rescan", description="Re-scan the models folder (bot owners)")
     @bot_owner_only()
-    async def rescan(self, interaction: discord.Interaction) -> None:
+    async def rescan(self, interaction: Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await self.service.sync_model_folder()
         await interaction.edit_original_response(content=_rescan_text(report))
 
 
 async def setup(bot: HypercordBot) -> None:
-    """Build the model service (one per bot, also reachable as ``bot.models``) and add the cog."""
-    service: ModelService | None = getattr(bot, "models", None)
-    if service is None:
-        service = ModelService(bot.store, bot.settings, context_dim=lambda: engine_context_dim(bot.engine))
-        bot.models = service  # type: ignore[attr-defined]
-    await bot.add_cog(HypernetsCog(bot, service))
+    await bot.add_cog(HypernetsCog(bot))

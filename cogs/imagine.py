@@ -1,16 +1,16 @@
-"""/imagine: validate, defer, store, submit, and hand the job to the JobService (progress, result, buttons).
+"""/imagine: validate, defer, and hand the job to the job service with a presenter for its message.
 
 Why the command is built in ``__init__``: its option ranges (steps, size, CFG, count, multiplier) come from
 ``settings.limits`` at runtime, and Discord should show them (min/max in the client).  The parameters are typed
-with ``app_commands.Range`` built from the settings, and :func:`bot.options.build_plan` checks them again, because
-a client can send anything.  Order of work in the callback: pure validation and one indexed registry read (names
-usable in this guild), rate limit, then ``defer()`` — all well inside Discord's 3 seconds — and only then the
-database write and the engine.
+with ``app_commands.Range`` built from the settings, and :func:`bot.options.build_settings` checks them again,
+because a client can send anything.  Order of work in the callback: one indexed registry read (the models usable in
+this guild), pure validation, admission (shutdown, queue caps, rate limit), then ``defer()`` — all well inside
+Discord's 3 seconds — and only then the database write and the engine.  Refusals before the deferral are private
+(the tree's error handler answers them ephemerally) and create nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -18,11 +18,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.autocomplete import hypernet_autocomplete
 from bot.errors import UserFacingError
-from bot.jobs import JobService
-from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_plan, size_choices
-from bot.store import JobHypernet, NewJob
+from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_settings, size_choices
+from bot.store import NewJob
+from cogs.autocomplete import hypernet_autocomplete
+from cogs.buttons import DYNAMIC_ITEMS
+from engine.render_settings import RenderSettings
 
 if TYPE_CHECKING:
     from bot.app import HypercordBot
@@ -49,7 +50,7 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
     """The /imagine command with ranges and choices taken from the bot's settings."""
     lim = cog.bot.settings.limits
 
-    async def imagine(interaction: discord.Interaction, prompt: str, negative_prompt: Optional[str] = None,  # noqa: UP045
+    async def imagine(interaction: discord.Interaction[HypercordBot], prompt: str, negative_prompt: Optional[str] = None,  # noqa: UP045
                       seed: Optional[int] = None, steps: Optional[int] = None,  # noqa: UP045
                       cfg_scale: Optional[float] = None, sampler: Optional[str] = None,  # noqa: UP045
                       size: Optional[str] = None, width: Optional[int] = None,  # noqa: UP045
@@ -85,69 +86,53 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
 
 
 class ImagineCog(commands.Cog, name="Imagine"):
-    """Owns the JobService and the /imagine command."""
+    """The /imagine command (its result buttons are registered with it, in :func:`setup`)."""
 
     def __init__(self, bot: HypercordBot) -> None:
         self.bot = bot
-        self.jobs = JobService(bot)
         self.command = build_imagine_command(self)
-        self._reconcile_task: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.command)
-        self._reconcile_task = asyncio.create_task(self._reconcile_when_ready(), name="reconcile-jobs")
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.command.name)
-        if self._reconcile_task is not None:
-            self._reconcile_task.cancel()
-        await self.jobs.drain(timeout=15.0)
 
-    async def _reconcile_when_ready(self) -> None:
-        await self.bot.wait_until_ready()  # the engine is started and the HTTP session open by then
-        await self.jobs.reconcile()
-
-    async def run_imagine(self, interaction: discord.Interaction, *, prompt: str, **options: Any) -> None:
-        lim = self.bot.settings.limits
-        if not self.bot.accepting_jobs:
-            raise UserFacingError("The bot is shutting down and not taking new jobs; try again in a minute.")
+    async def run_imagine(self, interaction: discord.Interaction[HypercordBot], *, prompt: str, **options: Any) -> None:
+        bot = self.bot
         guild_id = interaction.guild_id
-        names = set(await self.bot.store.hypernets.visible_names(guild_id))
-        hypernet = (options.get("hypernet") or "").strip()
-        defaults = {}
-        if hypernet in names:
-            row = await self.bot.store.hypernets.by_name(hypernet, guild_id)
-            if row is not None:
-                defaults[row.name] = row.default_multiplier
+        models = await bot.store.hypernets.usable(guild_id)
         try:
-            plan = build_plan(prompt=prompt, limits=lim, available=names, default_multipliers=defaults, **options)
+            settings = build_settings(prompt=prompt, limits=bot.settings.limits, checkpoint=bot.settings.models.checkpoint,
+                                      models=models, **options)
         except OptionError as exc:
             raise UserFacingError(str(exc)) from None
-        self.bot.engine.check_capacity(interaction.user.id)  # a full queue is answered privately, before deferring
-        decision = self.bot.ratelimiter.consume(interaction.user.id)
-        if not decision.allowed:
-            raise UserFacingError(f"You are generating quickly: try again in {max(1, round(decision.retry_after))} s.")
+        bot.jobs.admit(interaction.user.id)  # a full queue or the rate limit is answered privately, before deferring
         response = await interaction.response.defer(thinking=True)
-        message_id = getattr(response, "message_id", None)
-        nets = []
-        for tag in plan.tags:
-            row = await self.bot.store.hypernets.by_name(tag.name, guild_id)
-            if row is None or not row.enabled:  # removed between validation and now
-                await interaction.edit_original_response(content=f"⚠️ The hypernetwork `{tag.name}` was just removed "
-                                                         "or disabled; pick another one.")
-                return
-            nets.append(JobHypernet(row.name, row.sha256, tag.multiplier))
+        message_id = response.message_id if response is not None else None
+        gone = await self._gone(settings, guild_id)
+        if gone is not None:  # removed, disabled or replaced between validation and now
+            await interaction.edit_original_response(content=f"⚠️ The hypernetwork `{gone}` was just removed or "
+                                                     "disabled; pick another one.")
+            return
         new = NewJob(user_id=interaction.user.id, guild_id=guild_id, channel_id=interaction.channel_id or 0,
-                     prompt=plan.prompt_line, seed=plan.seed, steps=plan.steps, cfg_scale=plan.cfg_scale,
-                     sampler=plan.sampler, width=plan.width, height=plan.height,
-                     checkpoint=self.bot.settings.models.checkpoint, negative_prompt=plan.negative_prompt,
-                     hypernets=tuple(nets), count=plan.count, origin="command", interaction_token=interaction.token,
+                     settings=settings, origin="command", interaction_token=interaction.token,
                      interaction_created_at=interaction.created_at.timestamp())
-        await self.jobs.start(interaction, new, message_id=message_id)
+        presenter = bot.presenters.for_interaction(interaction, message_id=message_id)
+        await bot.jobs.start(new, presenter, message_id=message_id)
+
+    async def _gone(self, settings: RenderSettings, guild_id: int | None) -> str | None:
+        """The first hypernet of ``settings`` that is no longer usable here as the same file, if any."""
+        if not settings.hypernets:
+            return None
+        now = await self.bot.store.hypernets.usable(guild_id)
+        for ref in settings.hypernets:
+            row = now.get(ref.name)
+            if row is None or row.sha256 != ref.sha256:
+                return ref.name
+        return None
 
 
 async def setup(bot: HypercordBot) -> None:
-    from cogs.views import DYNAMIC_ITEMS
-
     bot.add_dynamic_items(*DYNAMIC_ITEMS)
     await bot.add_cog(ImagineCog(bot))

@@ -54,7 +54,7 @@ async def collect_figures(bot: HypercordBot) -> dict[str, Any]:
         "avg_step_ms": round(engine["avg_step_s"] * 1000, 1), "vram_used_bytes": engine["vram_used_bytes"],
         "hypernet_cache_bytes": engine["cache_bytes"], "hypernet_cache": list(engine["cache_contents"]),
         "worker_restarts": engine["restarts"], "uptime_s": round(time.time() - bot.started_at, 1),
-        "guilds": len(bot.guilds), "accepting_jobs": bot.accepting_jobs,
+        "guilds": len(bot.guilds), "accepting_jobs": bot.jobs.accepting,
     }
 
 
@@ -109,7 +109,7 @@ class OwnerCog(commands.Cog):
 
     @health.error
     @status_log.error
-    async def _task_failed(self, error: BaseException) -> None:  # type: ignore[override]
+    async def _task_failed(self, error: BaseException) -> None:
         log.error("periodic status task failed", exc_info=error)
 
     @app_commands.command(name="status", description="Engine and queue figures (bot owners)")

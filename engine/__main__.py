@@ -17,9 +17,13 @@ import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.prompt import PromptError, closest_names, parse_hypernet_tags, rebuild_prompt
+from engine.prompt import PromptError, closest_names, parse_hypernet_tags
 from engine.samplers import DEFAULT_SAMPLER, UnknownSampler, resolve_sampler
+
+if TYPE_CHECKING:
+    from engine.hypernet import Hypernetwork
 
 HYPERNET_SUFFIXES = (".pt", ".safetensors")
 
@@ -45,7 +49,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_hypernet(path: Path) -> object:
+def _load_hypernet(path: Path) -> Hypernetwork:
     from engine.hypernet import HypernetFormatError, load, load_canonical
 
     try:
@@ -82,18 +86,18 @@ def _outputs(output: Path, count: int) -> list[Path]:
 
 def render(args: argparse.Namespace) -> list[str]:
     """Run one render; return the lines to print."""
-    from engine.protocol import GenerateRequest, HypernetRef
+    from engine.protocol import GenerateRequest, HypernetRef, RenderSettings
 
     try:
         sampler = resolve_sampler(args.sampler).name
-        prompt, tags = parse_hypernet_tags(args.prompt)
+        _, tags = parse_hypernet_tags(args.prompt)
     except (UnknownSampler, PromptError) as exc:
         raise CliError(str(exc)) from None
     if args.count < 1 or args.steps < 1:
         raise CliError("--count and --steps must be at least 1")
     available = find_hypernets(args.hypernet_dir) if args.hypernet_dir else {}
     refs: list[HypernetRef] = []
-    nets: dict[str, object] = {}
+    nets: dict[str, Hypernetwork] = {}
     for name, multiplier in tags:
         path = available.get(name)
         if path is None:
@@ -104,15 +108,14 @@ def render(args: argparse.Namespace) -> list[str]:
         nets.setdefault(digest, _load_hypernet(path))
         refs.append(HypernetRef(name=name, sha256=digest, multiplier=multiplier))
     seed = args.seed if args.seed >= 0 else random.randrange(2**32)
-    request = GenerateRequest(job_id=1, user_id=0, prompt=prompt, prompt_line=rebuild_prompt(prompt.strip(), tags),
-                              negative_prompt=args.negative, hypernets=tuple(refs), seed=seed, steps=args.steps,
-                              cfg_scale=args.cfg_scale, sampler=sampler, width=args.width, height=args.height,
-                              count=args.count)
-    from engine.pipeline import Engine, RequestError
+    settings = RenderSettings(prompt=args.prompt, negative_prompt=args.negative, hypernets=tuple(refs), seed=seed,
+                              steps=args.steps, cfg_scale=args.cfg_scale, sampler=sampler, width=args.width,
+                              height=args.height, count=args.count, checkpoint=args.checkpoint)
+    from engine.worker.renderer import Renderer, RequestError
 
     try:
-        engine = Engine.load(args.checkpoint, device=args.device, dtype=args.dtype)
-        [result] = engine.generate([request], nets)  # type: ignore[arg-type]
+        renderer = Renderer.load(args.checkpoint, device=args.device, dtype=args.dtype)
+        [result] = renderer.generate([GenerateRequest(job_id=1, user_id=0, settings=settings)], nets)
     except (RequestError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     lines = []

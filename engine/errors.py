@@ -1,13 +1,15 @@
-"""Errors raised by the engine's torch-free side (client, scheduler, hypernet cache).
+"""Errors the engine's torch-free side raises (client, fair queue, hypernet cache, intake, names).
 
 Why a hierarchy with user-safe messages: the bot renders ``str(error)`` of any ``EngineError`` straight
 to the user, so every message here is written for a Discord user (no paths, no tracebacks, no ids
 beyond the job's own), and the bot's single error handler only needs ``except EngineError``.
+This module imports nothing from the rest of the engine, so every other module can import it.
 """
 
 from __future__ import annotations
 
-from engine.protocol import Failure, FailureKind
+__all__ = ["BadRequest", "EngineError", "InvalidModelFile", "QueueFull", "UnknownJob", "UserQueueFull",
+           "WorkerUnavailable"]
 
 
 class EngineError(Exception):
@@ -47,16 +49,3 @@ class BadRequest(EngineError):
 
 class InvalidModelFile(BadRequest):
     """A model file that is missing, unreadable or not in the canonical layout."""
-
-
-class JobFailed(EngineError):
-    """Raised by ``JobHandle.result()`` when the job ended with a ``Failure``; carries it unchanged."""
-
-    def __init__(self, failure: Failure) -> None:
-        text = failure.message if not failure.hint else f"{failure.message} {failure.hint}"
-        super().__init__(text)
-        self.failure = failure
-
-    @property
-    def kind(self) -> FailureKind:
-        return self.failure.kind

@@ -26,7 +26,12 @@ Negative prompts: A1111 never parses them, so a ``<hypernet:…>`` there is just
 refuse it instead (:func:`check_negative_prompt`): a user who writes one expects an effect that would not happen.
 
 Names are matched as A1111 does, by exact, case-sensitive file stem (:func:`resolve_names`); what is unknown gets
-"did you mean" suggestions.  This module imports nothing outside the standard library.
+"did you mean" suggestions.  A name that breaks the project's one name rule (:mod:`engine.names`) is refused at
+parse time with that rule's reason.
+
+Written form: :func:`write_tags` rewrites every hypernet tag of a prompt in place as ``<hypernet:NAME:MULT>``
+(A1111's bracketed form, so the infotext pastes back into A1111), leaving the rest of the prompt as typed.
+This module imports only the standard library and :mod:`engine.names`.
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import unicodedata
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from engine.names import is_valid_model_name, name_problem
 
 __all__ = [
     "LIST_COMMAND",
-    "MAX_NAME_LENGTH",
     "TAG_TYPE",
     "HypernetTag",
     "ParsedPrompt",
@@ -50,18 +55,15 @@ __all__ = [
     "closest_names",
     "format_multiplier",
     "format_tag",
-    "is_taggable_name",
     "parse_hypernet_tags",
     "parse_request_prompt",
-    "rebuild_prompt",
     "resolve_names",
+    "write_tags",
 ]
 
 TAG_TYPE = "hypernet"
 #: The command users are pointed to when a name is unknown.
 LIST_COMMAND = "/hypernets list"
-#: Longest hypernet name a request may carry (real file stems are far shorter; this bounds messages and storage).
-MAX_NAME_LENGTH = 100
 
 # A1111's pattern, verbatim in meaning: `<`, a word (the network type), `:`, anything up to the first `>`.
 _BRACKETED = r"<(?P<type>\w+):(?P<args>[^>]+)>"
@@ -70,7 +72,7 @@ _BRACKETED = r"<(?P<type>\w+):(?P<args>[^>]+)>"
 _BARE = r"(?<![^\s,])hypernet:(?P<bare>[^\s,<>]+)(?![^\s,])"
 _TAG_RE = re.compile(f"{_BRACKETED}|{_BARE}")
 # What is left after tag removal must not still look like a tag: a stray `hypernet:` in any case, or the opening
-# `<word:` of a tag (which could swallow the tags that rebuild_prompt appends).
+# `<word:` of a tag (which could swallow a tag written after it, e.g. the one the `hypernet` option adds).
 _LEFTOVER_RE = re.compile(r"hypernet:|<\w+:", re.IGNORECASE)
 # "woman , red" -> "woman, red": CLIP splits letters/digits from punctuation anyway, so the tokens do not change.
 # (After `_` or other punctuation the space does matter: ",," is one token, ", ," two.)
@@ -121,11 +123,6 @@ class ParsedPrompt:
 
     text: str
     tags: tuple[HypernetTag, ...]
-
-    @property
-    def prompt_line(self) -> str:
-        """The prompt as written to the PNG infotext and stored for buttons: text plus normalised tags."""
-        return rebuild_prompt(self.text, self.tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +196,9 @@ def _checked_tag(m: _Match, min_multiplier: float, max_multiplier: float) -> Hyp
     name = m.items[0].strip()
     if not name:
         raise PromptError(f"{shown} — the hypernet name is missing", tag=m.raw)
-    if len(name) > MAX_NAME_LENGTH:
-        raise PromptError(f"{shown} — the name is longer than {MAX_NAME_LENGTH} characters", tag=m.raw)
-    if not is_taggable_name(name):
-        raise PromptError(f"{shown} — the name contains characters a hypernet name cannot have", tag=m.raw)
+    problem = name_problem(name)
+    if problem is not None:
+        raise PromptError(f"{shown} — {problem}", tag=m.raw)
     if len(m.items) > 2:
         raise PromptError(
             f"{shown} — unexpected extra part {_shown(':'.join(m.items[2:]))}; "
@@ -237,8 +233,7 @@ def parse_request_prompt(
     ``text`` has its whitespace collapsed to single spaces and no space between a letter or digit and a comma:
     CLIP's tokenizer ignores both, so the encoder sees the same tokens as A1111 would.  Commas themselves are left
     alone even when a removed tag leaves ``a, , b`` (each is a token; A1111 sends them too).  ``max_length``
-    limits that text (tags not counted, they are bounded by ``max_tags`` and :data:`MAX_NAME_LENGTH`), so
-    re-parsing :attr:`ParsedPrompt.prompt_line` with the same limits always succeeds and gives an equal result.
+    limits that text (tags not counted, they are bounded by ``max_tags`` and the name rule's length).
     Names are trimmed of surrounding spaces (A1111 would look up ``" name"`` and miss); they are not resolved
     here, see :func:`resolve_names`.
     """
@@ -339,15 +334,6 @@ def resolve_names(tags: Iterable[HypernetTag], available: Collection[str]) -> tu
     return resolved
 
 
-def is_taggable_name(name: str) -> bool:
-    """Whether ``name`` can be written in a tag and read back unchanged (registries should require this)."""
-    return (
-        0 < len(name) <= MAX_NAME_LENGTH
-        and name == name.strip()
-        and not any(c in ":<>" or unicodedata.category(c) == "Cc" for c in name)
-    )
-
-
 def format_multiplier(multiplier: float) -> str:
     """The shortest text that reads back as exactly ``multiplier``: ``1``, ``0.7``, ``1e-07``.
 
@@ -363,19 +349,28 @@ def format_multiplier(multiplier: float) -> str:
 
 def format_tag(name: str, multiplier: float) -> str:
     """The normalised bracketed tag, e.g. ``<hypernet:waterElemental_10:0.7>``; refuses names a tag cannot carry."""
-    if not is_taggable_name(name):
+    if not is_valid_model_name(name):
         raise ValueError(f"hypernet name {name!r} cannot be written in a tag")
     return f"<{TAG_TYPE}:{name}:{format_multiplier(multiplier)}>"
 
 
-def rebuild_prompt(text: str, tags: Iterable[HypernetTag | tuple[str, float]]) -> str:
-    """Write a prompt line: the clean text, then every tag in order in the normalised bracketed form.
+def write_tags(prompt: str, multipliers: Sequence[float]) -> str:
+    """``prompt`` with its hypernet tags rewritten in place as ``<hypernet:NAME:MULT>`` with ``multipliers`` in order.
 
-    Used for the infotext prompt line (A1111 keeps tags in that line) and to make a new prompt when a button
-    changes a multiplier.  ``text`` must be a :attr:`ParsedPrompt.text` so the line parses back to the same thing.
+    Everything else stays as typed (other tag types included), so the result is what the user wrote with each
+    hypernet tag in A1111's bracketed form: the infotext line of an image, and the prompt of a job whose
+    multipliers a button changed.  ``multipliers`` must give one value per hypernet tag (ValueError otherwise).
     """
-    parts = [text] if text else []
-    for tag in tags:
-        name, multiplier = (tag.name, tag.multiplier) if isinstance(tag, HypernetTag) else tag
-        parts.append(format_tag(name, multiplier))
-    return " ".join(parts)
+    matches, _ = _scan(prompt)
+    count = sum(1 for m in matches if m.type == TAG_TYPE)
+    if count != len(multipliers):
+        raise ValueError(f"the prompt has {count} hypernet tags but {len(multipliers)} multipliers were given")
+    values = iter(multipliers)
+
+    def rewrite(m: re.Match[str]) -> str:
+        if m.group("type") is not None and m.group("type") != TAG_TYPE:
+            return m.group(0)
+        name = (m.group("args") if m.group("type") is not None else m.group("bare")).split(":")[0].strip()
+        return format_tag(name, next(values))
+
+    return _TAG_RE.sub(rewrite, prompt)

@@ -1,9 +1,10 @@
 """Typed, versioned messages between the bot process and the engine worker process.
 
 Why a module of plain dataclasses: the bot imports this without torch (it must start fast and stay
-light), and both sides agree on one definition of every message.  Messages travel between our own
-two processes over a multiprocessing pipe; ``PROTOCOL_VERSION`` is checked in the worker's hello so a
-bot and a worker from different releases refuse each other instead of misreading fields.
+light), and both sides agree on one definition of every message.  Messages travel through a transport
+(:mod:`engine.client.transport`; today a socket pair to a child process); ``PROTOCOL_VERSION`` is checked in
+the worker's hello so a bot and a worker from different releases refuse each other instead of misreading fields.
+What a job renders is one :class:`engine.render_settings.RenderSettings` value, the same one the bot stores.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 1
+from engine.render_settings import HypernetRef, RenderSettings
+
+__all__ = [
+    "PROTOCOL_VERSION", "TERMINAL_EVENTS", "BatchDone", "Cancel", "Envelope", "Failure", "FailureKind", "GenerateRequest",
+    "Health", "Hello", "HypernetRef", "JobEvent", "Ping", "Progress", "Queued", "RenderSettings", "Result", "Shutdown",
+    "Started", "SubmitBatch", "WorkerConfig", "wrap",
+]
+
+PROTOCOL_VERSION = 2
 
 
 class FailureKind(enum.StrEnum):
@@ -27,43 +36,16 @@ class FailureKind(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class HypernetRef:
-    """One hypernetwork applied to a request, in application order.
-
-    ``sha256`` names the canonical file in the worker's model store; the worker never builds a path
-    from ``name`` (user text), only from a validated hex digest.
-    """
-
-    name: str
-    sha256: str
-    multiplier: float
-
-
-@dataclass(frozen=True, slots=True)
 class GenerateRequest:
-    """Everything needed to render one job (``count`` images with seeds ``seed``, ``seed + 1``, ...).
-
-    ``prompt`` is the text for the text encoder (hypernet tags removed); ``prompt_line`` is the prompt
-    as written to the PNG infotext (tags kept, normalised to ``<hypernet:name:mult>``).
-    """
+    """One job for the engine: who asked (the fair queue serves users round-robin) and what to render."""
 
     job_id: int
     user_id: int
-    prompt: str
-    prompt_line: str
-    negative_prompt: str = ""
-    hypernets: tuple[HypernetRef, ...] = ()
-    seed: int = 0
-    steps: int = 20
-    cfg_scale: float = 7.0
-    sampler: str = "Euler a"
-    width: int = 512
-    height: int = 512
-    count: int = 1
+    settings: RenderSettings
 
     def batch_key(self) -> tuple[object, ...]:
         """Jobs with equal keys can share one UNet batch (hypernets and seeds may differ)."""
-        return (self.width, self.height, self.steps, self.sampler)
+        return self.settings.batch_key()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +109,7 @@ class Hello:
     checkpoint: str
     dtype: str
     context_dim: int
+    attention_widths: tuple[int, ...] = ()  # self-attention widths of the UNet (what hypernet sizes can match)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -41,7 +40,6 @@ from typing import Any
 
 import discord
 
-import bot.app
 from bot.app import HypercordBot
 from bot.config import (
     DiscordSettings,
@@ -53,9 +51,9 @@ from bot.config import (
     Settings,
     StorageSettings,
 )
-from bot.runner import point_discord_at, worker_config
+from bot.runner import build_bot, build_engine, point_discord_at
 from bot.store import Hypernet, NewHypernet, Store
-from engine.client import EngineClient
+from engine.client import EngineClient, LocalWorkers
 from tests.e2e.fake_discord import FakeDiscord, InteractionRecord, StoredMessage
 
 log = logging.getLogger("tests.harness")
@@ -73,7 +71,7 @@ def make_settings(root: Path, fake: FakeDiscord, **limit_overrides: Any) -> Sett
     limits.update(limit_overrides)
     return Settings(
         discord=DiscordSettings(owner_ids=[fake.member_owner.id], dev_guild_ids=[fake.guild.id],
-                                rest_base_url=fake.rest_base, gateway_url=fake.gateway_url),
+                                rest_base_url=fake.rest_base, gateway_url=fake.gateway_url, edit_interval_s=0.2),
         storage=StorageSettings(database=str(root / "hypercord.sqlite3"), images_dir=str(root / "images")),
         models=ModelSettings(hypernetwork_dir=str(root / "hypernetworks"), store_dir=str(root / "store"),
                              checkpoint="tiny", model_name="tiny"),
@@ -86,14 +84,11 @@ def make_settings(root: Path, fake: FakeDiscord, **limit_overrides: Any) -> Sett
     )
 
 
-def build_engine(settings: Settings) -> EngineClient:
-    """The real engine client, with the test-only slow-step fault armed for prompts holding SLOW_MARKER."""
-    eng, lim = settings.engine, settings.limits
+def engine_for_tests(settings: Settings) -> EngineClient:
+    """The runner's engine client, with the test-only slow-step fault armed for prompts holding SLOW_MARKER."""
     faults = json.dumps({"slow_marker": SLOW_MARKER, "slow_step_s": SLOW_STEP_S})
-    return EngineClient(worker_config(settings), max_queue=lim.queue_max, max_per_user=lim.queue_per_user,
-                        heartbeat_interval_s=eng.heartbeat_interval_s, heartbeat_timeout_s=eng.heartbeat_timeout_s,
-                        start_timeout_s=eng.start_timeout_s, extra_env={"HYPERCORD_TEST_FAULTS": faults,
-                                                                        "OMP_NUM_THREADS": "1"})
+    transport = LocalWorkers(extra_env={"HYPERCORD_TEST_FAULTS": faults, "OMP_NUM_THREADS": "1"})
+    return build_engine(settings, transport=transport)
 
 
 @dataclass
@@ -112,7 +107,7 @@ class Harness:
     async def start_bot(self) -> HypercordBot:
         point_discord_at(self.settings.discord)
         self.store = await Store.open(self.settings.storage.database, busy_timeout_ms=5000)
-        self.bot = HypercordBot(self.settings, self.store, build_engine(self.settings))
+        self.bot = build_bot(self.settings, self.store, engine_for_tests(self.settings))
         await self.bot.login(self.fake.token)  # runs setup_hook: cogs, engine start, dev-guild sync
         self._task = asyncio.create_task(self.bot.connect(reconnect=True), name="harness-bot")
         ready = asyncio.create_task(self.bot.wait_until_ready())
@@ -146,8 +141,7 @@ class Harness:
         """Install ``tests/fixtures/hypernetworks/zoo/<fixture>.pt`` as ``name``: load it (safe torch load), write the
         canonical safetensors file named by its sha256 into the store dir, and register it.  ``guild_id=None``
         registers it globally; pass ``hc.fake.guild.id`` for a guild model."""
-        from engine.hypernet import load
-        from engine.hypernet_canonical import save_canonical
+        from engine.hypernet import load, save_canonical
 
         source = FIXTURES / f"{fixture}.pt"
         hn = await asyncio.to_thread(load, source)
@@ -215,11 +209,6 @@ class Harness:
         await self.fake.wait_for(idle, timeout=timeout, what="the engine to become idle")
 
 
-def _available_extensions() -> tuple[str, ...]:
-    """The bot's extensions that exist in this checkout (others are being written in parallel)."""
-    return tuple(e for e in bot.app.EXTENSIONS if importlib.util.find_spec(e) is not None)
-
-
 @contextlib.asynccontextmanager
 async def running_bot(root: Path, *, attachment_size_limit: int | None = None,
                       **limit_overrides: Any) -> AsyncIterator[Harness]:
@@ -230,15 +219,12 @@ async def running_bot(root: Path, *, attachment_size_limit: int | None = None,
     kwargs: dict[str, Any] = {}
     if attachment_size_limit is not None:
         kwargs["attachment_size_limit"] = attachment_size_limit
-    saved_extensions = bot.app.EXTENSIONS
-    bot.app.EXTENSIONS = _available_extensions()
     async with FakeDiscord(**kwargs) as fake:
         harness = Harness(fake, make_settings(root, fake, **limit_overrides), root)
         try:
             await harness.start_bot()
             yield harness
         finally:
-            bot.app.EXTENSIONS = saved_extensions
             await harness.stop_bot()
         assert fake.unhandled == [], f"unknown routes were called: {fake.unhandled}"
 

@@ -17,11 +17,11 @@ from bot.migrations import MigrationResult, migrate
 from bot.store.base import Clock
 from bot.store.errors import DatabaseBusy, DuplicateModel, InvalidName, NameTaken, NotFound, StoreError
 from bot.store.hypernets import Hypernet, HypernetStore, NewHypernet
-from bot.store.jobs import JOB_STATUSES, DeletedUserData, Job, JobHypernet, JobStore, NewJob
+from bot.store.jobs import JOB_STATUSES, DeletedUserData, Job, JobStore, NewJob
 
 __all__ = [
     "JOB_STATUSES", "DatabaseBusy", "DeletedUserData", "DuplicateModel", "Hypernet", "HypernetStore", "InvalidName", "Job",
-    "JobHypernet", "JobStore", "NameTaken", "NewHypernet", "NewJob", "NotFound", "Store", "StoreError",
+    "JobStore", "NameTaken", "NewHypernet", "NewJob", "NotFound", "Store", "StoreError",
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from bot.db import StoreError, Tx
 from bot.store.base import Repository, fetch_by_id, from_row
 from bot.store.errors import DuplicateModel, InvalidName, NameTaken
+from engine.names import name_problem
 
 __all__ = ["Hypernet", "HypernetStore", "NewHypernet"]
 
@@ -45,27 +46,12 @@ class NewHypernet:
     added_by: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Hypernet:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hypernet(NewHypernet):
+    """A registered model: the :class:`NewHypernet` fields plus its id and when it was added and last changed."""
+
     id: int
-    name: str
-    guild_id: int | None
-    sha256: str
-    file_name: str
-    file_size: int
-    sizes: tuple[int, ...]
-    layer_structure: tuple[float, ...]
-    activation: str
-    base_model: str | None
-    description: str
-    trigger_words: str
-    default_multiplier: float
-    preview_path: str | None
-    enabled: bool
-    added_by: int | None
     added_at: float
-    source: str
-    source_detail: str | None
     updated_at: float
 
     @property
@@ -83,11 +69,9 @@ _VISIBLE = "(guild_id IS NULL OR guild_id = ?)"
 
 
 def _check_new(new: NewHypernet) -> None:
-    name = new.name
-    if not name or name != name.strip() or any(not c.isprintable() for c in name):
-        raise InvalidName("A hypernetwork name must be non-empty, printable, and must not start or end with a space.")
-    if len(name) > 100:
-        raise InvalidName("A hypernetwork name can be at most 100 characters long.")
+    problem = name_problem(new.name)
+    if problem is not None:
+        raise InvalidName(f"`{new.name[:80]}` cannot be a model name: {problem}.")
     if not _SHA256_RE.match(new.sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {new.sha256!r}")
     if new.source not in _SOURCES:
@@ -109,7 +93,7 @@ class HypernetStore(Repository):
                 "SELECT * FROM hypernets WHERE ifnull(guild_id, 0) = ifnull(?, 0) AND sha256 = ?",
                 (new.guild_id, new.sha256))
             if same_file is not None:
-                raise DuplicateModel(_hypernet(same_file))
+                raise DuplicateModel(same_file["name"])
             # A global name is seen by every guild, so it must not clash with any guild's; a guild's name must not
             # clash with the global ones or its own. casefold() also folds non-ASCII case, which NOCASE does not.
             scope, params = ("1", ()) if new.guild_id is None else (_VISIBLE, (new.guild_id,))
@@ -150,9 +134,14 @@ class HypernetStore(Repository):
         found = await self._all(f"SELECT * FROM hypernets WHERE name = ? AND {_VISIBLE}", (name, guild_id))
         return found[0] if found else None
 
+    async def usable(self, guild_id: int | None) -> dict[str, Hypernet]:
+        """The enabled models this guild can use, by name (what a prompt's tags resolve against)."""
+        rows = await self._all(f"SELECT * FROM hypernets WHERE {_VISIBLE} AND enabled = 1 ORDER BY name", (guild_id,))
+        return {h.name: h for h in rows}
+
     @staticmethod
     def _search_where(guild_id: int | None, query: str | None, include_disabled: bool) -> tuple[str, list[Any]]:
-        where, params = [_VISIBLE], [guild_id]
+        where, params = [_VISIBLE], list[Any]([guild_id])
         if not include_disabled:
             where.append("enabled = 1")
         if query:

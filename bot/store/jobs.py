@@ -1,7 +1,8 @@
 """The jobs table: every /imagine and button press, the system of record for a job's life and the users' history.
 
-Jobs keep the hypernetworks they used by name and sha256 (resolved at submit time), so the registry can change or
-lose a model without rewriting history.
+A job's :class:`~engine.render_settings.RenderSettings` are its columns (``prompt`` as the user typed it, seed,
+steps, ...) plus its hypernetworks, one ``job_hypernets`` row each in tag order, by name and sha256 as resolved when
+the job was made, so the registry can change or lose a model without rewriting history.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from bot.db import Tx
-from bot.store.base import Repository, fetch_by_id, from_row
+from bot.store.base import Repository, fetch_by_id
 from bot.store.errors import NotFound
+from engine.render_settings import HypernetRef, RenderSettings
 
-__all__ = ["JOB_STATUSES", "DeletedUserData", "Job", "JobHypernet", "JobStore", "NewJob"]
+__all__ = ["JOB_STATUSES", "DeletedUserData", "Job", "JobStore", "NewJob"]
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 _UNFINISHED = ("queued", "running")
@@ -25,55 +27,24 @@ _INT64 = 2**63
 
 
 @dataclass(frozen=True, slots=True)
-class JobHypernet:
-    """One hypernetwork as a job used it, resolved at submit time (the registry may change later)."""
-
-    name: str
-    sha256: str
-    multiplier: float
-
-
-@dataclass(frozen=True, slots=True)
 class NewJob:
+    """A job about to be stored: who asked where, what to render, and where it came from."""
+
     user_id: int
     guild_id: int | None
     channel_id: int
-    prompt: str
-    seed: int
-    steps: int
-    cfg_scale: float
-    sampler: str
-    width: int
-    height: int
-    checkpoint: str
-    negative_prompt: str = ""
-    hypernets: tuple[JobHypernet, ...] = ()
-    count: int = 1
+    settings: RenderSettings
     origin: str = "command"
     parent_job_id: int | None = None
     interaction_token: str | None = field(default=None, repr=False)  # a credential for 15 minutes: keep out of logs
     interaction_created_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job(NewJob):
+    """A stored job: what was asked (the :class:`NewJob` fields) and what has happened to it since."""
+
     id: int
-    user_id: int
-    guild_id: int | None
-    channel_id: int
-    parent_job_id: int | None
-    origin: str
-    prompt: str
-    negative_prompt: str
-    hypernets: tuple[JobHypernet, ...]
-    seed: int
-    steps: int
-    cfg_scale: float
-    sampler: str
-    width: int
-    height: int
-    count: int
-    checkpoint: str
     status: str
     error_kind: str | None
     error_message: str | None
@@ -82,8 +53,6 @@ class Job:
     started_at: float | None
     finished_at: float | None
     duration_s: float | None
-    interaction_token: str | None = field(repr=False)
-    interaction_created_at: float | None
     message_id: int | None
     image_paths: tuple[str, ...]  # relative to the data dir
     warnings: tuple[str, ...]
@@ -101,10 +70,31 @@ class DeletedUserData:
     image_paths: tuple[str, ...]
 
 
-def _job(row: sqlite3.Row) -> Job:
-    hypernets = tuple(JobHypernet(h["name"], h["sha256"], float(h["multiplier"])) for h in json.loads(row["hypernets_json"]))
-    return from_row(Job, row, hypernets=hypernets, image_paths=tuple(json.loads(row["image_paths_json"])),
-                    warnings=tuple(json.loads(row["warnings_json"])))
+# Job fields read from the column of the same name; `settings`, `image_paths` and `warnings` are built below.
+_PLAIN_FIELDS = ("id", "user_id", "guild_id", "channel_id", "parent_job_id", "origin", "status", "error_kind",
+                 "error_message", "attempts", "created_at", "started_at", "finished_at", "duration_s",
+                 "interaction_token", "interaction_created_at", "message_id")
+_SETTINGS_COLUMNS = ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "width", "height", "count",
+                     "checkpoint")
+
+
+def _job(row: sqlite3.Row, hypernets: Sequence[HypernetRef]) -> Job:
+    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets))
+    return Job(**{f: row[f] for f in _PLAIN_FIELDS}, settings=settings,
+               image_paths=tuple(json.loads(row["image_paths_json"])), warnings=tuple(json.loads(row["warnings_json"])))
+
+
+async def _jobs(tx: Tx, rows: Sequence[sqlite3.Row]) -> list[Job]:
+    """Rows of ``jobs`` as Jobs, with their hypernets read in one query."""
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    marks = ",".join("?" * len(ids))
+    nets: dict[int, list[HypernetRef]] = {i: [] for i in ids}
+    for h in await tx.fetchall(f"SELECT job_id, name, sha256, multiplier FROM job_hypernets WHERE job_id IN ({marks})"
+                               " ORDER BY job_id, position", ids):
+        nets[h["job_id"]].append(HypernetRef(h["name"], h["sha256"], float(h["multiplier"])))
+    return [_job(r, nets[r["id"]]) for r in rows]
 
 
 def _check_relative(paths: Sequence[str]) -> list[str]:
@@ -124,36 +114,35 @@ class JobStore(Repository):
     """The jobs table: the system of record for every generation, and the users' history."""
 
     async def create(self, new: NewJob) -> Job:
-        if not -_INT64 <= new.seed < _INT64:
-            raise ValueError(f"seed must fit in 64 bits, got {new.seed}")
-        hypernets = [{"name": h.name, "sha256": h.sha256, "multiplier": float(h.multiplier)} for h in new.hypernets]
+        s = new.settings
+        if not -_INT64 <= s.seed < _INT64:
+            raise ValueError(f"seed must fit in 64 bits, got {s.seed}")
         async with self._db.transaction() as tx:
             if new.parent_job_id is not None and await tx.fetchval(
                     "SELECT 1 FROM jobs WHERE id = ?", (new.parent_job_id,)) is None:
                 raise NotFound("Job", new.parent_job_id)
             job_id = await tx.insert(
                 "INSERT INTO jobs (user_id, guild_id, channel_id, parent_job_id, origin, prompt, negative_prompt,"
-                " hypernets_json, seed, steps, cfg_scale, sampler, width, height, count, checkpoint, created_at,"
-                " interaction_token, interaction_created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (new.user_id, new.guild_id, new.channel_id, new.parent_job_id, new.origin, new.prompt,
-                 new.negative_prompt, json.dumps(hypernets), new.seed, new.steps, float(new.cfg_scale), new.sampler,
-                 new.width, new.height, new.count, new.checkpoint, self._clock(), new.interaction_token,
-                 new.interaction_created_at),
+                " seed, steps, cfg_scale, sampler, width, height, count, checkpoint, created_at,"
+                " interaction_token, interaction_created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (new.user_id, new.guild_id, new.channel_id, new.parent_job_id, new.origin, s.prompt,
+                 s.negative_prompt, s.seed, s.steps, float(s.cfg_scale), s.sampler, s.width, s.height, s.count,
+                 s.checkpoint, self._clock(), new.interaction_token, new.interaction_created_at),
             )
             await tx.executemany(
                 "INSERT INTO job_hypernets (job_id, position, name, sha256, multiplier) VALUES (?,?,?,?,?)",
-                [(job_id, i, h["name"], h["sha256"], h["multiplier"]) for i, h in enumerate(hypernets)],
+                [(job_id, i, h.name, h.sha256, float(h.multiplier)) for i, h in enumerate(s.hypernets)],
             )
             return await self._get(tx, job_id)
 
     async def get(self, job_id: int) -> Job | None:
         async with self._db.read() as tx:
             row = await tx.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return None if row is None else _job(row)
+            return None if row is None else (await _jobs(tx, [row]))[0]
 
     @staticmethod
     async def _get(tx: Tx, job_id: int) -> Job:
-        return _job(await fetch_by_id(tx, "jobs", "Job", job_id))
+        return (await _jobs(tx, [await fetch_by_id(tx, "jobs", "Job", job_id)]))[0]
 
     async def _transition(self, job_id: int, from_statuses: Sequence[str], sets: str, params: Sequence[Any]) -> bool:
         """Apply ``sets`` only while the job is in one of ``from_statuses``; False when it had already moved on."""
@@ -210,11 +199,11 @@ class JobStore(Repository):
         """Queued and running jobs, oldest first: what to reconcile after the bot restarts."""
         async with self._db.read() as tx:
             rows = await tx.fetchall("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY id")
-        return [_job(r) for r in rows]
+            return await _jobs(tx, rows)
 
     @staticmethod
     def _history_where(user_id: int, guild_id: int | None, hypernet: str | None) -> tuple[str, list[Any]]:
-        where, params = ["j.user_id = ?"], [user_id]
+        where, params = ["j.user_id = ?"], list[Any]([user_id])
         if guild_id is not None:
             where.append("j.guild_id = ?")
             params.append(guild_id)
@@ -235,7 +224,7 @@ class JobStore(Repository):
             params.append(before_id)
         async with self._db.read() as tx:
             rows = await tx.fetchall(f"SELECT j.* FROM jobs j WHERE {where} ORDER BY j.id DESC LIMIT ?", (*params, limit))
-        return [_job(r) for r in rows]
+            return await _jobs(tx, rows)
 
     async def count_history(self, user_id: int, *, guild_id: int | None = None, hypernet: str | None = None) -> int:
         where, params = self._history_where(user_id, guild_id, hypernet)

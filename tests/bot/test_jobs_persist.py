@@ -14,13 +14,13 @@ import pytest
 from bot.db import DatabaseBusy
 from bot.jobs import persist
 from bot.store import NewJob, Store
+from tests.requests import new_job as make_job
 
 pytestmark = pytest.mark.asyncio
 
 
 def new_job() -> NewJob:
-    return NewJob(user_id=1, guild_id=2, channel_id=3, prompt="a castle", seed=7, steps=4, cfg_scale=7.0,
-                  sampler="Euler a", width=64, height=64, checkpoint="tiny")
+    return make_job(1, 2, 3, prompt="a castle", seed=7, steps=4, width=64, height=64)
 
 
 def hold_exclusive_lock(path: Path, seconds: float, locked: threading.Event) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from bot.db import Database
 from bot.migrations import Migration, MigrationError, SchemaTooNew, load_migrations, migrate
 from bot.migrations.migrate import split_statements
 from bot.store import NewJob, Store
+from engine.render_settings import HypernetRef, RenderSettings
+from tests.requests import new_job
 
 EXPECTED_TABLES = {"jobs", "job_hypernets", "hypernets"}
 
@@ -30,8 +33,7 @@ def _backups(path: Path) -> list[Path]:
 
 
 def _job(user_id: int = 1) -> NewJob:
-    return NewJob(user_id=user_id, guild_id=10, channel_id=20, prompt="a cat", seed=1, steps=20, cfg_scale=7.0,
-                  sampler="Euler a", width=512, height=512, checkpoint="tiny")
+    return new_job(user_id, prompt="a cat", seed=1)
 
 
 def test_packaged_migrations_are_numbered_from_one() -> None:
@@ -181,3 +183,76 @@ def test_split_statements_keeps_triggers_whole_and_drops_comments() -> None:
     assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
     with pytest.raises(MigrationError, match="unfinished statement"):
         split_statements("CREATE TABLE a (x)")
+
+
+# ---- a real database of schema version 1 (tests/fixtures/db/README.md) --------------------------------------------
+
+V1_DATABASE = Path(__file__).resolve().parents[1] / "fixtures" / "db" / "hypercord-v1.sqlite3"
+WATER, FIRE, GOTHIC = "a" * 64, "b" * 64, "c" * 64
+
+
+def _v1_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "hypercord.sqlite3"
+    shutil.copyfile(V1_DATABASE, path)
+    assert _user_version(path) == 1
+    return path
+
+
+def _columns(path: Path, table: str) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+@pytest.mark.asyncio
+async def test_a_real_version_1_database_migrates_and_reads_back_the_same(tmp_path: Path) -> None:
+    path = _v1_copy(tmp_path)
+    store = await Store.open(path)
+    try:
+        assert (store.migration.from_version, store.migration.to_version) == (1, len(load_migrations()))
+        jobs = {j.id: j for j in await store.jobs.history(501, limit=50) + await store.jobs.history(502, limit=50)
+                + await store.jobs.history(503, limit=50)}
+        registry = await store.hypernets.search(None, include_disabled=True) + await store.hypernets.search(
+            111, include_disabled=True)
+    finally:
+        await store.close()
+    assert store.migration.backup_path is not None and _user_version(store.migration.backup_path) == 1
+    assert "hypernets_json" not in _columns(path, "jobs")
+    assert sorted(jobs) == [1, 2, 3, 4, 5, 6]
+
+    two = jobs[2]
+    assert two.settings == RenderSettings(
+        prompt="woman, red hair <hypernet:waterElemental_10:0.7> <hypernet:fireSpirit:1.2>",
+        negative_prompt="blurry, low quality", hypernets=(HypernetRef("waterElemental_10", WATER, 0.7),
+                                                          HypernetRef("fireSpirit", FIRE, 1.2)),
+        seed=42, steps=20, cfg_scale=7.5, sampler="DPM++ 2M Karras", width=768, height=512, count=2,
+        checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert (two.status, two.image_paths, two.duration_s) == ("done", ("2/0.png", "2/1.png"), 8.25)
+    assert two.warnings and "fireSpirit" in two.warnings[0]
+    three = jobs[3]
+    assert (three.user_id, three.parent_job_id, three.origin, three.status, three.error_kind) == (
+        502, 2, "multiplier", "failed", "out_of_memory")
+    assert three.settings.hypernets[0] == HypernetRef("waterElemental_10", WATER, 0.8)
+    assert jobs[4].settings.hypernets == (HypernetRef("gothic", GOTHIC, 0.0),) and jobs[4].status == "cancelled"
+    five, six = jobs[5], jobs[6]
+    assert (five.guild_id, five.status, five.interaction_token) == (None, "queued", "tok-queued")
+    assert (six.status, six.attempts, six.message_id, six.settings.seed) == ("running", 1, 9006, 2**32 - 1)
+    assert six.settings.hypernets == (HypernetRef("waterElemental_10", WATER, -0.5),)
+    assert jobs[1].settings.hypernets == () and jobs[1].message_id == 9001
+    # Every later operation works on the migrated rows: a multiplier change of job 2 keeps prompt and refs in step.
+    changed = two.settings.with_multipliers([0.8, 1.2])
+    assert changed.prompt == "woman, red hair <hypernet:waterElemental_10:0.8> <hypernet:fireSpirit:1.2>"
+    assert {(h.name, h.guild_id, h.enabled, h.source) for h in registry} == {
+        ("waterElemental_10", None, True, "folder"), ("fireSpirit", 111, False, "url"), ("gothic", 111, True, "attachment")}
+
+
+@pytest.mark.asyncio
+async def test_a_hypernet_only_in_the_old_json_copy_is_kept(tmp_path: Path) -> None:
+    path = _v1_copy(tmp_path)
+    with sqlite3.connect(path) as conn:  # as if an old row's index copy had been lost
+        conn.execute("DELETE FROM job_hypernets WHERE job_id = 2 AND position = 1")
+    store = await Store.open(path)
+    try:
+        job = await store.jobs.get(2)
+    finally:
+        await store.close()
+    assert job is not None and [h.name for h in job.settings.hypernets] == ["waterElemental_10", "fireSpirit"]

@@ -1,4 +1,4 @@
-"""bot/models.py with a real Store (SQLite file in tmp) and the real intake (sandbox children) on fixture files.
+"""bot.models with a real Store (SQLite file in tmp) and the real intake (sandbox children) on fixture files.
 
 Each intake runs two short-lived Python children, so the tests share files where they can and check several
 rules per model added.
@@ -17,8 +17,9 @@ import pytest_asyncio
 import torch
 
 from bot.config import IntakeSettings, ModelSettings, Settings
-from bot.models import ModelError, ModelOptions, ModelService, compatibility_note
+from bot.models import ModelError, ModelOptions, ModelService
 from bot.store import NewHypernet, Store
+from engine.fit import ModelShape
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,10 +37,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         yield s
 
 
-def make_service(store: Store, root: Path, context_dim: int | None = 768) -> ModelService:
+SD1 = ModelShape(768, frozenset({320, 640, 1280}))
+SD2 = ModelShape(1024, frozenset({320, 640, 1280}))
+
+
+def make_service(store: Store, root: Path, shape: ModelShape | None = SD1) -> ModelService:
     settings = Settings(models=ModelSettings(hypernetwork_dir=str(root / "hypernetworks"), store_dir=str(root / "store")),
                         intake=IntakeSettings(sandbox_cpu_s=30))
-    return ModelService(store, settings, context_dim=lambda: context_dim)
+    return ModelService(store, settings, model_shape=lambda: shape)
 
 
 @pytest.fixture
@@ -48,7 +53,8 @@ def service(store: Store, tmp_path: Path) -> ModelService:
 
 
 def stored_files(service: ModelService) -> set[str]:
-    return {p.name for p in service.store_dir.glob("*.safetensors")} if service.store_dir.exists() else set()
+    store_dir = service.installer.store_dir
+    return {p.name for p in store_dir.glob("*") if p.is_file()} if store_dir.exists() else set()
 
 
 async def test_add_from_bytes_then_the_same_file_again_is_one_model(service: ModelService, store: Store) -> None:
@@ -170,17 +176,26 @@ def touch_later(path: Path) -> None:
 
 async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path) -> None:
     service = make_service(store, tmp_path)
-    folder = service.folder
+    folder = service.folder_sync.folder
     (folder / "sub" / "deeper").mkdir(parents=True)
     shutil.copy(ZOO / "pub_zoo_relu.pt", folder / "sub" / "deeper" / "alpha.pt")
     shutil.copy(ZOO / "pub_zoo_elu.pt", folder / "beta.pt")
     (folder / "notes.txt").write_text("not a model")
     (folder / "bad name.pt").write_bytes(b"x")
+    (folder / "broken.pt").write_bytes(b"not a model at all")
+    shutil.copy(ZOO / "pub_zoo_elu.pt", folder / "None.pt")
 
     report = await service.sync_model_folder()
     assert sorted(report.added) == ["alpha", "beta"]
-    assert report.refused == [("bad name.pt", "`bad name` cannot be a model name: model names cannot contain spaces "
-                                              "(a tag would end there); use `_` or `-`.")]
+    assert sorted(report.refused) == [
+        ("None.pt", "`None` cannot be a model name: `None` is reserved (A1111 uses it for \"no hypernetwork\")."),
+        ("bad name.pt", "`bad name` cannot be a model name: model names cannot contain spaces (a tag would end there); "
+                        "use `_` or `-`."),
+        ("broken.pt", "Refused: the file is neither a PyTorch .pt file nor a .safetensors file."),
+    ]
+    assert len(stored_files(service)) == 2  # the refused files left nothing behind
+    for bad in ("bad name.pt", "broken.pt", "None.pt"):
+        (folder / bad).unlink()
     beta = await store.hypernets.by_name("beta", GUILD)
     assert beta is not None and beta.is_global and beta.source == "folder" and beta.source_detail == "beta.pt"
     alpha = await store.hypernets.by_name("alpha", None)
@@ -211,22 +226,15 @@ async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path) -> 
 
 
 async def test_incompatible_sizes_are_flagged(store: Store, tmp_path: Path) -> None:
-    assert compatibility_note((1024,), 768) == "made for SD2.x (1024); no effect on this SD1.x model"
-    assert compatibility_note((1024, 320, 640), 768) == ("made for SD2.x (1024); on this SD1.x model only its "
-                                                         "self-attention sizes (320/640) apply")
-    assert compatibility_note((768,), 1024) == "made for SD1.x (768); no effect on this SD2.x model"
-    assert compatibility_note((768, 320, 640, 1280), 768) is None
-    assert compatibility_note((320,), 768) is None  # self-attention only: works on SD1.x and SD2.x
-    assert compatibility_note((512,), 768) == "its sizes (512) match no layer of this SD1.x model; no effect"
-    assert compatibility_note((1024,), None) is None  # engine not started: nothing known yet
-
-    sd2 = make_service(store, tmp_path, context_dim=1024)
+    sd2 = make_service(store, tmp_path, shape=SD2)
     outcome = await sd2.add_from_bytes((Path(__file__).resolve().parents[1] / "fixtures" / "hypernetworks"
                                         / "pub_swish_1-0.1-1_768_actout.pt").read_bytes(), filename="swish.pt",
                                        guild_id=GUILD, added_by=ADMIN)
     assert outcome.hypernet.sizes == (768,)
-    assert outcome.notes == ("made for SD1.x (768); no effect on this SD2.x model",)
-    assert make_service(store, tmp_path, context_dim=768).compatibility(outcome.hypernet) is None
+    assert outcome.notes == ("Made for SD 1.x (text context 768) but this model is SD 2.x (text context 1024), so it "
+                             "has no effect here",)
+    assert make_service(store, tmp_path, shape=SD1).compatibility(outcome.hypernet) is None
+    assert make_service(store, tmp_path, shape=None).compatibility(outcome.hypernet) is None  # engine not up yet
 
 
 async def test_download_refusals_write_nothing(service: ModelService, store: Store) -> None:

@@ -14,7 +14,6 @@ from tests.harness import Harness, running_bot
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def hc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     async with running_bot(tmp_path_factory.mktemp("bot")) as harness:
-        harness.bot.get_cog("Imagine").jobs.edit_interval = 0.2  # type: ignore[union-attr]
         yield harness
 
 

@@ -4,13 +4,15 @@ left unfinished.  One module, so one bot start serves them all."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
 import pytest
 
-from bot.store import JobHypernet, NewJob
+from engine.render_settings import HypernetRef
 from tests.harness import SLOW_MARKER, Harness, png_parameters
+from tests.requests import new_job
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -58,7 +60,7 @@ async def test_show_reposts_with_working_buttons(hc: Harness, nets) -> None:
     assert f"(by <@{fake.member_plain.id}>)" in other_msg.content
     click = await fake.click(fake.member_admin, other_msg, label="+ fireSpirit")
     child = await hc.store.jobs.get(job_id_of(await hc.wait_result(click)))
-    assert child.user_id == fake.member_admin.id and child.hypernets[0].multiplier == 0.6
+    assert child.user_id == fake.member_admin.id and child.settings.hypernets[0].multiplier == 0.6
 
 
 async def test_show_unknown_job_is_explained(hc: Harness) -> None:
@@ -103,10 +105,10 @@ async def test_reroll_keeps_settings_new_seed_and_belongs_to_the_presser(hc: Har
     new_msg = await hc.wait_result(click)
     child = await hc.store.jobs.get(job_id_of(new_msg))
     assert child.parent_job_id == parent.id and child.origin == "reroll"
-    assert child.user_id == fake.member_admin.id and child.seed != parent.seed
-    assert child.hypernets == parent.hypernets and child.prompt == parent.prompt and child.steps == parent.steps
+    assert child.user_id == fake.member_admin.id and child.settings.seed != parent.settings.seed
+    assert child.settings == dataclasses.replace(parent.settings, seed=child.settings.seed)
     assert new_msg.id != msg.id and f"Reroll of [job #{parent.id}]" in new_msg.content
-    assert f"Seed: {child.seed}" in png_parameters(await fake.download(new_msg.attachments[0]))
+    assert f"Seed: {child.settings.seed}" in png_parameters(await fake.download(new_msg.attachments[0]))
 
 
 async def test_multiplier_plus_and_minus_keep_the_seed(hc: Harness, nets) -> None:
@@ -117,10 +119,10 @@ async def test_multiplier_plus_and_minus_keep_the_seed(hc: Harness, nets) -> Non
     minus = await fake.click(fake.member_plain, msg, label="− fireSpirit")
     up = await hc.store.jobs.get(job_id_of(await hc.wait_result(plus)))
     down = await hc.store.jobs.get(job_id_of(await hc.wait_result(minus)))
-    assert [(h.name, h.multiplier) for h in up.hypernets] == [("waterElemental", 0.8), ("fireSpirit", 1.0)]
-    assert [(h.name, h.multiplier) for h in down.hypernets] == [("waterElemental", 0.7), ("fireSpirit", 0.9)]
-    assert up.seed == down.seed == parent.seed == 7 and up.origin == "multiplier"
-    assert up.prompt == "a tree <hypernet:waterElemental:0.8> <hypernet:fireSpirit:1>"
+    assert [(h.name, h.multiplier) for h in up.settings.hypernets] == [("waterElemental", 0.8), ("fireSpirit", 1.0)]
+    assert [(h.name, h.multiplier) for h in down.settings.hypernets] == [("waterElemental", 0.7), ("fireSpirit", 0.9)]
+    assert up.settings.seed == down.settings.seed == parent.settings.seed == 7 and up.origin == "multiplier"
+    assert up.settings.prompt == "a tree <hypernet:waterElemental:0.8> <hypernet:fireSpirit:1>"
 
 
 async def test_buttons_are_disabled_at_the_configured_bounds(hc: Harness, nets) -> None:
@@ -148,8 +150,8 @@ async def test_set_multiplier_modal(hc: Harness, nets) -> None:
     assert "already used" in (await hc.wait_ephemeral(await submit("0.7"))).content
     ok = await submit("0.35")
     child = await hc.store.jobs.get(job_id_of(await hc.wait_result(ok)))
-    assert [(h.name, h.multiplier) for h in child.hypernets] == [("waterElemental", 0.35)]
-    assert child.seed == parent.seed and child.parent_job_id == parent.id
+    assert [(h.name, h.multiplier) for h in child.settings.hypernets] == [("waterElemental", 0.35)]
+    assert child.settings.seed == parent.settings.seed and child.parent_job_id == parent.id
 
 
 async def test_info_shows_the_infotext_ephemerally(hc: Harness) -> None:
@@ -178,17 +180,14 @@ async def test_buttons_work_after_restart_and_unfinished_jobs_are_reconciled(hc:
     waiting = await fake.slash(fake.member_admin, "imagine", {"prompt": "second", "steps": 2})
     await hc.wait_content(lambda: waiting.original, "Queued")
     # Rows a dead process left behind: one whose token expired (goes to the channel), one whose channel is gone.
-    stale = await hc.store.jobs.create(NewJob(
-        user_id=fake.member_plain.id, guild_id=fake.guild.id, channel_id=fake.channel_general.id, prompt="stale job",
-        seed=5, steps=1, cfg_scale=7.0, sampler="Euler a", width=64, height=64, checkpoint="tiny",
-        interaction_token="expired-token", interaction_created_at=time.time() - 3600))
-    lost = await hc.store.jobs.create(NewJob(
-        user_id=fake.member_plain.id, guild_id=fake.guild.id, channel_id=12345, prompt="lost job", seed=5, steps=1,
-        cfg_scale=7.0, sampler="Euler a", width=64, height=64, checkpoint="tiny",
-        hypernets=(JobHypernet("fireSpirit", nets["fire"].sha256, 1.0),)))
+    stale = await hc.store.jobs.create(new_job(
+        fake.member_plain.id, fake.guild.id, fake.channel_general.id, prompt="stale job", seed=5, steps=1, width=64,
+        height=64, interaction_token="expired-token", interaction_created_at=time.time() - 3600))
+    lost = await hc.store.jobs.create(new_job(
+        fake.member_plain.id, fake.guild.id, 12345, prompt="lost job", seed=5, steps=1, width=64, height=64,
+        hypernets=(HypernetRef("fireSpirit", nets["fire"].sha256, 1.0),)))
 
     await hc.restart_bot()
-    hc.bot.get_cog("Imagine").jobs.edit_interval = 0.2
 
     resumed = await hc.wait_result(waiting)
     assert "The bot restarted" in resumed.content
@@ -205,7 +204,8 @@ async def test_buttons_work_after_restart_and_unfinished_jobs_are_reconciled(hc:
 
     click = await fake.click(fake.member_plain, old_msg, label="+ fireSpirit")
     child = await hc.store.jobs.get(job_id_of(await hc.wait_result(click)))
-    assert child.parent_job_id == old_job.id and child.hypernets[0].multiplier == 0.6 and child.seed == old_job.seed
+    assert child.parent_job_id == old_job.id and child.settings.hypernets[0].multiplier == 0.6
+    assert child.settings.seed == old_job.settings.seed
 
 
 async def _finished(hc: Harness, job_id: int):

@@ -141,7 +141,7 @@ async def model_server() -> AsyncIterator[str]:
 
 
 async def test_admin_adds_by_download_link(hc: Harness, model_server: str) -> None:
-    service = hc.bot.models  # type: ignore[attr-defined]
+    service = hc.bot.models
     saved = service.settings
     service.settings = dataclasses.replace(saved, intake=dataclasses.replace(
         saved.intake, allow_private_addresses=True, allowed_hosts=["127.0.0.1"]))
@@ -180,7 +180,8 @@ async def test_list_pages_and_flags_mismatched_sizes(hc: Harness) -> None:
     await fake.wait_for(lambda: click.acknowledged)
     page2 = await fake.wait_for(lambda: msg.embeds[0]["footer"]["text"].startswith("Page 2/2") and msg.embeds[0])
     assert "pager10" in page2["description"] and "pager00" not in page2["description"]
-    assert "**`pagerSd2`** · global · ×1\n⚠️ made for SD2.x (1024); no effect on this SD1.x model" in page2["description"]
+    assert ("**`pagerSd2`** · global · ×1\n⚠️ Made for SD 2.x (text context 1024) but this model is SD 1.x (text context "
+            "768), so it has no effect here") in page2["description"]
 
     other = await fake.click(fake.member_manager, msg, label="Previous")
     assert (await answer(hc, other)).startswith("These buttons belong to someone else's list")

@@ -28,7 +28,7 @@ async def test_valid_imagine_defers_shows_queue_and_progress_then_posts_png_embe
     assert any(c.startswith("⏳ Queued — position 1") for c in msg.contents)
     assert any(re.search(r"step \d/3", c) for c in msg.contents)
     job = await hc.store.jobs.get(job_id_of(msg))
-    assert job is not None and job.status == "done" and job.seed == 1234 and job.user_id == fake.member_plain.id
+    assert job is not None and job.status == "done" and job.settings.seed == 1234 and job.user_id == fake.member_plain.id
     assert job.message_id == msg.id
     data = await fake.download(msg.attachments[0])
     params = png_parameters(data)
@@ -45,8 +45,8 @@ async def test_random_seed_is_picked_and_stored(hc: Harness) -> None:
     rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a fox", "steps": 1})
     msg = await hc.wait_result(rec)
     job = await hc.store.jobs.get(job_id_of(msg))
-    assert job is not None and 0 <= job.seed < 2**32
-    assert f"Seed: {job.seed}" in png_parameters(await hc.fake.download(msg.attachments[0]))
+    assert job is not None and 0 <= job.settings.seed < 2**32
+    assert f"Seed: {job.settings.seed}" in png_parameters(await hc.fake.download(msg.attachments[0]))
 
 
 async def test_bare_and_bracketed_tags_stack_in_order(hc: Harness, nets) -> None:
@@ -54,10 +54,12 @@ async def test_bare_and_bracketed_tags_stack_in_order(hc: Harness, nets) -> None
     rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": prompt, "steps": 2})
     msg = await hc.wait_result(rec)
     job = await hc.store.jobs.get(job_id_of(msg))
-    assert [(h.name, h.multiplier) for h in job.hypernets] == [("waterElemental", 0.7), ("fireSpirit", 1.2)]
-    assert [h.sha256 for h in job.hypernets] == [nets["water"].sha256, nets["fire"].sha256]
+    assert [(h.name, h.multiplier) for h in job.settings.hypernets] == [("waterElemental", 0.7), ("fireSpirit", 1.2)]
+    assert [h.sha256 for h in job.settings.hypernets] == [nets["water"].sha256, nets["fire"].sha256]
     params = png_parameters(await hc.fake.download(msg.attachments[0]))
-    assert params.splitlines()[0] == "woman, red hair <hypernet:waterElemental:0.7> <hypernet:fireSpirit:1.2>"
+    # The prompt as typed, each tag in A1111's bracketed form where it was typed.
+    assert params.splitlines()[0] == "woman <hypernet:waterElemental:0.7>, red hair <hypernet:fireSpirit:1.2>"
+    assert job.settings.prompt == prompt
     labels = [b["label"] for b in msg.buttons()]
     assert labels == ["Reroll", "Info", "Set multiplier…", "− waterElemental", "+ waterElemental", "− fireSpirit",
                       "+ fireSpirit"]
@@ -69,10 +71,10 @@ async def test_hypernet_option_with_and_without_multiplier(hc: Harness, nets) ->
     rec = await hc.fake.slash(hc.fake.member_plain, "imagine",
                               {"prompt": "a castle", "hypernet": "waterElemental", "multiplier": 1.5, "steps": 1})
     job = await hc.store.jobs.get(job_id_of(await hc.wait_result(rec)))
-    assert [(h.name, h.multiplier) for h in job.hypernets] == [("waterElemental", 1.5)]
+    assert [(h.name, h.multiplier) for h in job.settings.hypernets] == [("waterElemental", 1.5)]
     rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a castle", "hypernet": "fireSpirit", "steps": 1})
     job = await hc.store.jobs.get(job_id_of(await hc.wait_result(rec)))
-    assert [(h.name, h.multiplier) for h in job.hypernets] == [("fireSpirit", 0.6)]  # the model's default multiplier
+    assert [(h.name, h.multiplier) for h in job.settings.hypernets] == [("fireSpirit", 0.6)]  # its default multiplier
 
 
 async def test_hypernet_for_another_model_family_is_flagged_in_the_result(hc: Harness) -> None:
@@ -115,8 +117,8 @@ async def test_invalid_input_is_refused_ephemerally_without_a_job(hc: Harness, n
 
 
 async def test_rate_limit_says_when_to_try_again(hc: Harness) -> None:
-    saved = hc.bot.ratelimiter
-    hc.bot.ratelimiter = RateLimiter(rate_per_minute=1.0, burst=1)
+    saved = hc.bot.jobs.ratelimiter
+    hc.bot.jobs.ratelimiter = RateLimiter(rate_per_minute=1.0, burst=1)
     try:
         first = await hc.fake.slash(hc.fake.member_manager, "imagine", {"prompt": "one", "steps": 1})
         second = await hc.fake.slash(hc.fake.member_manager, "imagine", {"prompt": "two", "steps": 1})
@@ -124,7 +126,7 @@ async def test_rate_limit_says_when_to_try_again(hc: Harness) -> None:
         assert re.search(r"try again in \d+ s", msg.content)
         await hc.wait_result(first)
     finally:
-        hc.bot.ratelimiter = saved
+        hc.bot.jobs.ratelimiter = saved
 
 
 async def test_user_queue_cap_says_what_to_do(hc: Harness) -> None:
@@ -208,13 +210,13 @@ async def test_oversize_image_is_re_encoded_to_fit(hc: Harness) -> None:
 
 async def _queued_then(hc: Harness, prompt: str):
     """A slow job whose message already shows "Queued"; progress edits are held back so the next edit is the result."""
-    jobs = hc.bot.get_cog("Imagine").jobs
-    jobs.edit_interval = 100.0
+    presenters = hc.bot.presenters
+    presenters.edit_interval_s = 100.0
     try:
         rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": f"{SLOW_MARKER} {prompt}", "steps": 2})
         await hc.wait_content(lambda: rec.original, "Queued")
     finally:
-        jobs.edit_interval = 0.2
+        presenters.edit_interval_s = 0.2
     return rec
 
 

@@ -7,8 +7,6 @@ message; what changed is read back from the new PNG's ``parameters`` and from th
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import pytest_asyncio
 
@@ -31,7 +29,8 @@ async def base(e2e_bot: E2E) -> StoredMessage:
 
 
 def _multipliers(e2e: E2E, job_id: int) -> list[float]:
-    return [h["multiplier"] for h in json.loads(e2e.job(job_id)["hypernets_json"])]
+    rows = e2e.query("SELECT multiplier FROM job_hypernets WHERE job_id = ? ORDER BY position", (job_id,))
+    return [r["multiplier"] for r in rows]
 
 
 async def _derived(e2e: E2E, click: InteractionRecord, parent: StoredMessage) -> tuple[int, dict[str, str]]:

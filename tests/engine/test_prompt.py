@@ -13,8 +13,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from engine.names import MAX_NAME_LENGTH, is_valid_model_name
 from engine.prompt import (
-    MAX_NAME_LENGTH,
     HypernetTag,
     ParsedPrompt,
     PromptError,
@@ -23,11 +23,10 @@ from engine.prompt import (
     closest_names,
     format_multiplier,
     format_tag,
-    is_taggable_name,
     parse_hypernet_tags,
     parse_request_prompt,
-    rebuild_prompt,
     resolve_names,
+    write_tags,
 )
 
 CASES_DOC = json.loads((Path(__file__).parents[1] / "fixtures" / "prompt_cases.json").read_text(encoding="utf-8"))
@@ -107,7 +106,8 @@ def test_tutorial_prompt() -> None:
     assert parsed.text == "water elemental woman"
     assert parsed.tags == (HypernetTag("waterElemental_10", 0.7),)
     assert parsed.tags[0].raw == "hypernet:waterElemental_10:0.7"
-    assert parsed.prompt_line == "water elemental woman <hypernet:waterElemental_10:0.7>"
+    assert write_tags("water elemental woman hypernet:waterElemental_10:0.7", [0.7]) == (
+        "water elemental woman <hypernet:waterElemental_10:0.7>")
 
 
 def test_mixed_forms_keep_order_and_duplicates() -> None:
@@ -137,8 +137,9 @@ def test_unparsable_multiplier_message() -> None:
         ("x <hypernet:a:1:junk>", "<hypernet:a:1:junk>", "unexpected extra part `junk`"),
         ("x <lora:someLora:0.8>", "<lora:someLora:0.8>", "`lora` tags are not supported here"),
         ("x <HYPERNET:foo:1>", "<HYPERNET:foo:1>", "write the tag type in lower case"),
-        ("x <hypernet:a\nb:1>", "<hypernet:a\nb:1>", "characters a hypernet name cannot have"),
-        ("x <hypernet:a<b:1>", "<hypernet:a<b:1>", "characters a hypernet name cannot have"),
+        ("x <hypernet:a\nb:1>", "<hypernet:a\nb:1>", "— model names cannot contain control characters"),
+        ("x <hypernet:a<b:1>", "<hypernet:a<b:1>", "— model names cannot contain `<` or `>` (they delimit tags)"),
+        ("x <hypernet:wäter:1>", "<hypernet:wäter:1>", "— model names may only use letters, digits, `_`, `.` and `-`"),
         ("x <hypernet:>", "<hypernet:>", "looks like a hypernet tag but could not be read"),
         ("x (hypernet:foo:0.7)", "(hypernet:foo:0.7)", "looks like a hypernet tag but could not be read"),
         ("x Hypernet:foo", "Hypernet:foo", "looks like a hypernet tag but could not be read"),
@@ -153,10 +154,12 @@ def test_errors_name_the_tag(prompt: str, tag: str, phrase: str) -> None:
     assert phrase in str(info.value)
 
 
-def test_long_name_refused() -> None:
+def test_long_name_refused_with_the_name_rule() -> None:
     name = "n" * (MAX_NAME_LENGTH + 1)
-    with pytest.raises(PromptError, match="longer than"):
+    with pytest.raises(PromptError) as info:
         request(f"x <hypernet:{name}>")
+    assert str(info.value).endswith(f"— model names are at most {MAX_NAME_LENGTH} characters (this one has "
+                                    f"{MAX_NAME_LENGTH + 1})")
 
 
 @pytest.mark.parametrize("prompt", ["<hypernet:foo:0.5>", "  hypernet:foo \n", "<hypernet:a><hypernet:b>"])
@@ -267,27 +270,27 @@ def test_format_multiplier(value: float, text: str) -> None:
 
 
 def test_format_tag_and_refusals() -> None:
-    assert format_tag("name with spaces", 0.5) == "<hypernet:name with spaces:0.5>"
-    for bad in ["", " x", "a:b", "a>b", "a<b", "a\nb", "n" * (MAX_NAME_LENGTH + 1)]:
+    assert format_tag("water.Elemental-10_b", 0.5) == "<hypernet:water.Elemental-10_b:0.5>"
+    for bad in ["", " x", "a:b", "a>b", "a<b", "a\nb", "name with spaces", "None", "n" * (MAX_NAME_LENGTH + 1)]:
         with pytest.raises(ValueError):
             format_tag(bad, 1.0)
     with pytest.raises(ValueError):
         format_tag("x", math.nan)
 
 
-def test_rebuild_prompt_for_a_button() -> None:
-    parsed = request("castle <hypernet:a:0.7> hypernet:b")
-    bumped = [(t.name, round(t.multiplier + 0.1, 2) if t.name == "a" else t.multiplier) for t in parsed.tags]
-    assert rebuild_prompt(parsed.text, bumped) == "castle <hypernet:a:0.8> <hypernet:b:1>"
-    assert rebuild_prompt("", [("a", 1.0)]) == "<hypernet:a:1>"
+def test_write_tags_rewrites_each_tag_in_place() -> None:
+    typed = "castle <hypernet:a:0.7>, at night hypernet:b <lora:x:0.5>"
+    assert write_tags(typed, [0.8, 1.0]) == "castle <hypernet:a:0.8>, at night <hypernet:b:1> <lora:x:0.5>"
+    assert write_tags("<hypernet: a >", [0]) == "<hypernet:a:0>"
+    assert write_tags("no tags at all", []) == "no tags at all"
+    with pytest.raises(ValueError, match="2 hypernet tags but 1 multipliers"):
+        write_tags(typed, [1.0])
 
 
 # --- properties -----------------------------------------------------------------------------------------------------
 
-names = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30
-).filter(is_taggable_name)
-bare_names = st.from_regex(r"[A-Za-z0-9_.\-]{1,20}", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,29}", fullmatch=True).filter(is_valid_model_name)
+bare_names = st.from_regex(r"[A-Za-z0-9_.\-]{1,20}", fullmatch=True).filter(is_valid_model_name)
 multipliers = st.floats(min_value=-2.0, max_value=2.0, allow_nan=False) | st.sampled_from([0.0, 1.0, 0.7, 1e-7])
 words = st.from_regex(r"[a-z]{1,8}", fullmatch=True)
 # Text assembled from the grammar's own pieces finds the corners much faster than uniform random text.
@@ -352,8 +355,8 @@ def test_arbitrary_text_only_raises_prompt_error(text: str) -> None:
         assert parse_hypernet_tags(parsed.text) == (parsed.text, [])
         assert len(parsed.tags) <= LIMITS["max_tags"]
         assert all(LIMITS["min_multiplier"] <= t.multiplier <= LIMITS["max_multiplier"] for t in parsed.tags)
-        # The stored prompt line reads back as the same request.
-        assert request(parsed.prompt_line) == parsed
+        # The prompt with its tags written in A1111's form (the infotext line) reads back as the same request.
+        assert request(write_tags(text, [t.multiplier for t in parsed.tags])) == parsed
     try:
         check_negative_prompt(text, max_length=1000)
     except PromptError as e:

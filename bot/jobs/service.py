@@ -1,0 +1,241 @@
+"""The life of one job after validation: store → submit → follow → record the outcome; and reconcile after a restart.
+
+Why a service apart from the cogs: ``/imagine``, every result button and the restart path start jobs the same way,
+and after a restart the same code picks up jobs a previous process left unfinished.  SQLite is the system of
+record: a job row exists before the engine sees the job, and every outcome (done, failed, cancelled) is written
+back, so nothing depends on memory surviving.  What the user sees is a :class:`~bot.jobs.presenter.JobPresenter`'s
+business (the cogs implement it over Discord); every job gets exactly one final state, whatever happens.  No
+Discord here: the service is tested with a fake engine and a recording presenter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+from collections.abc import AsyncIterator
+
+from bot.db import DatabaseBusy
+from bot.errors import UserFacingError
+from bot.jobs.engine_api import EngineAPI, JobEvents
+from bot.jobs.images import ImageStore, disk_problem
+from bot.jobs.persist import persist
+from bot.jobs.presenter import Cancelled, Done, Failed, JobPresenter, Paused, PresenterFor, Rendering, Waiting
+from bot.ratelimit import RateLimiter
+from bot.store import Job, NewJob, Store
+from engine.errors import EngineError, QueueFull
+from engine.protocol import Failure, FailureKind, GenerateRequest, JobEvent, Progress, Queued, Result, Started
+
+__all__ = ["JobRefused", "JobService"]
+
+log = logging.getLogger("bot.jobs")
+
+SHUTTING_DOWN = "The bot is shutting down and not taking new jobs; try again in a minute."
+POSTING_FAILED = "Something went wrong on our side while posting this job (job #{job_id})."
+RESTARTED_TWICE = "The bot restarted twice while this job was pending; please submit it again."
+CANNOT_POST = "The bot restarted and can no longer post in this job's channel."
+NOT_RESUMED = "The bot restarted and could not resume this job."
+
+
+class JobRefused(UserFacingError):
+    """A job refused before anything was written (shutting down, queue full, rate limit); shown privately."""
+
+
+class JobService:
+    """Starts, follows, cancels and resumes jobs; one per bot process."""
+
+    def __init__(self, store: Store, engine: EngineAPI, images: ImageStore, ratelimiter: RateLimiter) -> None:
+        self.store = store
+        self.engine = engine
+        self.images = images
+        self.ratelimiter = ratelimiter
+        self.accepting = True
+        self._runs: dict[int, asyncio.Task[None]] = {}
+        self._cancelled_by: dict[int, str] = {}
+
+    # ---- admission -----------------------------------------------------------------------------------
+
+    def admit(self, user_id: int) -> None:
+        """Raise :class:`JobRefused` if a new job of this user cannot start now; else take one rate-limit token.
+
+        Called before the interaction is deferred, so refusals stay private and nothing is written.  The queue
+        is checked before the rate limit, so a refusal for a full queue costs no token."""
+        if not self.accepting:
+            raise JobRefused(SHUTTING_DOWN)
+        try:
+            self.engine.check_capacity(user_id)
+        except EngineError as exc:
+            raise JobRefused(str(exc)) from None
+        decision = self.ratelimiter.consume(user_id)
+        if not decision.allowed:
+            raise JobRefused(f"You are generating quickly: try again in {max(1, round(decision.retry_after))} s.")
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    # ---- starting ------------------------------------------------------------------------------------
+
+    async def start(self, new: NewJob, presenter: JobPresenter, *, message_id: int | None) -> Job:
+        """Store and submit a job (its interaction already deferred; ``message_id`` is the deferred message).
+
+        Raises :class:`~bot.db.DatabaseBusy` when the job could not even be written (about a minute of retries):
+        then nothing exists and the caller tells the user."""
+        created: list[Job] = []
+
+        async def create() -> None:
+            created.append(await self.store.jobs.create(new))
+
+        # A lock held by another process delays the job instead of refusing it.
+        if not await persist(f"new job for user {new.user_id}", create):
+            raise DatabaseBusy()
+        job = created[0]
+        if message_id is not None:
+            await persist(f"job {job.id} message", lambda: self.store.jobs.set_message(job.id, message_id))
+            job = dataclasses.replace(job, message_id=message_id)
+        await self._submit(job, presenter)
+        return job
+
+    async def _submit(self, job: Job, presenter: JobPresenter) -> None:
+        try:
+            handle = self.engine.submit(GenerateRequest(job.id, job.user_id, job.settings))
+        except QueueFull as exc:
+            await self._record_failure(job, presenter, Failed("rejected", str(exc)))
+            return
+        except EngineError as exc:
+            await self._record_failure(job, presenter, Failed("unavailable", f"{exc} Please try again in a moment."))
+            return
+        task = asyncio.create_task(self._follow(job, handle, presenter), name=f"job-{job.id}")
+        self._runs[job.id] = task
+        task.add_done_callback(functools.partial(self._forget, job.id))
+
+    def _forget(self, job_id: int, _task: asyncio.Task[None]) -> None:
+        self._runs.pop(job_id, None)
+
+    # ---- following -----------------------------------------------------------------------------------
+
+    async def _follow(self, job: Job, handle: JobEvents, presenter: JobPresenter) -> None:
+        try:
+            async for event in _until_outcome(handle.events()):
+                if isinstance(event, Queued):
+                    presenter.show(job, Waiting(event.position))
+                elif isinstance(event, Started):
+                    await persist(f"job {job.id} running", lambda: self.store.jobs.mark_running(job.id))
+                    presenter.show(job, Rendering())
+                elif isinstance(event, Progress):
+                    presenter.show(job, Rendering(event.step, event.total))
+                elif isinstance(event, Result):
+                    await self._deliver(job, event, presenter)
+                elif isinstance(event, Failure):
+                    await self._failed(job, event, presenter)
+        except Exception:
+            log.exception("job %s: following it failed", job.id)
+            # The user's message must end whatever happens to the record.
+            with contextlib.suppress(Exception):
+                await persist(f"job {job.id} failed", lambda: self.store.jobs.mark_failed(
+                    job.id, FailureKind.INTERNAL.value, "The bot failed while posting this job."))
+            await presenter.finish(job, Failed(FailureKind.INTERNAL.value, POSTING_FAILED.format(job_id=job.id)))
+
+    async def _deliver(self, job: Job, result: Result, presenter: JobPresenter) -> None:
+        paths, notes = await self._keep_images(job.id, result.images)
+        warnings = (*result.warnings, *notes)
+        await persist(f"job {job.id} done", lambda: self.store.jobs.mark_done(job.id, paths, result.duration_s, warnings))
+        try:
+            done = await self.store.jobs.get(job.id)
+        except DatabaseBusy:
+            done = None
+        if done is None or done.status != "done":  # the record could not be updated: post from what we have
+            done = dataclasses.replace(job, status="done", warnings=warnings, duration_s=result.duration_s)
+        await self._finish(done, presenter, Done(result.images))
+
+    async def _keep_images(self, job_id: int, pngs: tuple[bytes, ...]) -> tuple[list[str], tuple[str, ...]]:
+        """Save the PNGs for /show and /history; a full or failing disk costs only that, never the result."""
+        try:
+            return await asyncio.to_thread(self.images.save, job_id, pngs), ()
+        except OSError as exc:
+            log.error("job %s: could not save its images under %s: %s (the user still gets them; /show will not)",
+                      job_id, self.images.root, disk_problem(exc))
+            return [], ("The images could not be kept for /show (the bot's storage is unavailable).",)
+
+    async def _failed(self, job: Job, failure: Failure, presenter: JobPresenter) -> None:
+        if failure.kind is FailureKind.CANCELLED:
+            await persist(f"job {job.id} cancelled", lambda: self.store.jobs.mark_cancelled(job.id))
+            await self._finish(job, presenter, Cancelled(self._cancelled_by.pop(job.id, "")))
+        elif failure.kind is FailureKind.SHUTDOWN:
+            # Left queued on purpose: the next bot process re-submits it (see reconcile).
+            await self._finish(job, presenter, Paused())
+        else:
+            await self._record_failure(job, presenter, Failed(failure.kind.value,
+                                                              f"{failure.message} {failure.hint}".strip()))
+
+    async def _record_failure(self, job: Job, presenter: JobPresenter, failed: Failed) -> None:
+        await persist(f"job {job.id} failed", lambda: self.store.jobs.mark_failed(job.id, failed.kind, failed.message))
+        await self._finish(job, presenter, failed)
+
+    async def _finish(self, job: Job, presenter: JobPresenter, outcome: Done | Failed | Cancelled | Paused) -> None:
+        message_id = await presenter.finish(job, outcome)
+        if message_id is not None and message_id != job.message_id:
+            with contextlib.suppress(Exception):  # only /show's link to the newest message is lost
+                await self.store.jobs.set_message(job.id, message_id)
+
+    async def drain(self, timeout: float) -> None:
+        """Let jobs being posted finish their last edit (called while the bot shuts down)."""
+        tasks = list(self._runs.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # ---- cancelling ------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int, by: str, presenter_for: PresenterFor | None = None) -> bool:
+        """Cancel a queued or running job; False when it had already finished.
+
+        A job the engine does not know but the database calls unfinished was left by a process that died: it is
+        marked cancelled here, and shown so through ``presenter_for`` when given."""
+        self._cancelled_by[job_id] = by
+        if self.engine.cancel(job_id):
+            return True
+        self._cancelled_by.pop(job_id, None)
+        job = await self.store.jobs.get(job_id)
+        if job is None or job.finished or job_id in self._runs:
+            return False
+        await self.store.jobs.mark_cancelled(job_id)
+        presenter = await presenter_for(job) if presenter_for is not None else None
+        if presenter is not None:
+            await self._finish(job, presenter, Cancelled(by))
+        return True
+
+    # ---- after a restart ---------------------------------------------------------------------------------
+
+    async def reconcile(self, presenter_for: PresenterFor) -> None:
+        """Re-submit (once) jobs a previous process left queued or running; fail those that cannot be shown."""
+        for job in await self.store.jobs.unfinished():
+            if job.id in self._runs:
+                continue
+            try:
+                await self._resume(job, presenter_for)
+            except Exception:
+                log.exception("job %s: could not resume it after the restart", job.id)
+                await self.store.jobs.mark_failed(job.id, FailureKind.INTERNAL.value, NOT_RESUMED)
+
+    async def _resume(self, job: Job, presenter_for: PresenterFor) -> None:
+        if job.attempts >= 1:
+            await self.store.jobs.mark_failed(job.id, "restart", RESTARTED_TWICE)
+            return
+        await self.store.jobs.bump_attempts(job.id)
+        if job.status == "running":
+            await self.store.jobs.requeue(job.id)
+        presenter = await presenter_for(job)
+        if presenter is None:
+            log.warning("job %s: %s", job.id, CANNOT_POST)
+            await self.store.jobs.mark_failed(job.id, "restart", CANNOT_POST)
+            return
+        await self._submit(job, presenter)
+
+
+async def _until_outcome(events: AsyncIterator[JobEvent]) -> AsyncIterator[JobEvent]:
+    """The events up to and including the Result or Failure (a handle ends there anyway; this makes it explicit)."""
+    async for event in events:
+        yield event
+        if isinstance(event, Result | Failure):
+            return

@@ -1,0 +1,127 @@
+"""The A1111-style drop-in folder kept in line with the registry (models of source ``folder``, global).
+
+Why a class of its own: a rescan is a reconciliation (what is on disk against the rows of source ``folder``) with
+rules of its own — the last file of a stem wins, changed files keep the admin's edits, unchanged files are not
+parsed again — while every file still goes through the installer's steps (name check, sandboxed intake,
+registration, garbage collection) under the installer's lock, so a folder file is held to the same rules as an
+upload.  Called at bot start and by the owners' ``/hypernets rescan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.models.errors import ModelError
+from bot.models.install import ModelInstaller, ModelOptions
+from bot.store import Hypernet
+from engine.intake import FolderEntry, file_sha256, scan_folder
+
+__all__ = ["FolderSync", "FolderSyncReport"]
+
+log = logging.getLogger("bot.models")
+
+
+@dataclass(slots=True)
+class FolderSyncReport:
+    """What one folder scan did (names of models; refused files by relative path with the reason)."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    deleted_files: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.removed)} removed, "
+                f"{self.unchanged} unchanged, {len(self.refused)} refused")
+
+
+class FolderSync:
+    """Rescans of one folder; remembers ``(size, mtime)`` of each relative path last seen installed.
+
+    Rules of a rescan: new files are added; changed files are re-validated and replace their model (keeping
+    description, trigger words, default multiplier and enabled; a changed file that fails intake leaves the old
+    model in place); models whose file vanished are removed; unreferenced canonical files are deleted.  As in
+    A1111, of several files with the same stem the last in case-insensitive path order wins.  Refused files are
+    logged and listed in the report; they never stop the scan.  Unchanged files are recognised by size and
+    mtime, or after a restart by their sha256, so they are not parsed again.
+    """
+
+    def __init__(self, installer: ModelInstaller, folder: str | Path) -> None:
+        self._installer = installer
+        self.folder = Path(folder)
+        self._known: dict[str, tuple[int, float]] = {}
+
+    async def run(self) -> FolderSyncReport:
+        """One rescan (see the class docstring)."""
+        installer, report = self._installer, FolderSyncReport()
+        async with installer.lock:  # no intake runs meanwhile, so any temp folder in the store is a crash's leftover
+            await installer.purge_temp()
+            entries = await asyncio.to_thread(scan_folder, self.folder)
+            rows = {h.source_detail: h for h in await self._folder_rows() if h.source_detail}
+            winners: dict[str, FolderEntry] = {}
+            for entry in entries:  # sorted by path ignoring case: the last one of a stem wins
+                previous = winners.get(entry.stem.casefold())
+                if previous is not None:
+                    report.refused.append((previous.relpath, f"shadowed by `{entry.relpath}` (same name)"))
+                winners[entry.stem.casefold()] = entry
+            wanted = {e.relpath: e for e in winners.values()}
+            for relpath, row in rows.items():
+                if relpath not in wanted:
+                    await installer.store.hypernets.remove(row.id)
+                    self._known.pop(relpath, None)
+                    report.removed.append(row.name)
+            for entry in wanted.values():
+                await self._sync_entry(entry, rows.get(entry.relpath), report)
+            report.deleted_files = await installer.collect()
+        for relpath, reason in report.refused:
+            log.warning("model folder: %s not installed: %s", relpath, reason)
+        log.info("model folder %s: %s", self.folder, report.summary())
+        return report
+
+    async def _folder_rows(self) -> list[Hypernet]:
+        hypernets = self._installer.store.hypernets
+        rows: list[Hypernet] = []
+        while page := await hypernets.search(None, include_disabled=True, offset=len(rows), limit=100):
+            rows += page
+        return [h for h in rows if h.source == "folder"]
+
+    async def _sync_entry(self, entry: FolderEntry, row: Hypernet | None, report: FolderSyncReport) -> None:
+        installer = self._installer
+        stamp = (entry.size, entry.mtime)
+        path = self.folder / entry.relpath
+        if row is not None and row.name == entry.stem:
+            if self._known.get(entry.relpath) == stamp:
+                report.unchanged += 1
+                return
+            try:
+                digest = await asyncio.to_thread(file_sha256, path)
+            except OSError as error:
+                report.refused.append((entry.relpath, f"the file could not be read ({error.strerror})"))
+                return
+            if digest == row.sha256:
+                self._known[entry.relpath] = stamp
+                report.unchanged += 1
+                return
+        try:
+            installer.check_name(entry.stem)
+            result = await installer.ingest(path, entry.relpath.rsplit("/", 1)[-1])
+            options, enabled = ModelOptions(name=entry.stem), True
+            if row is not None:  # the file changed: carry the admin's edits over, then replace the old row
+                options = ModelOptions(name=entry.stem, description=row.description, trigger_words=row.trigger_words,
+                                       default_multiplier=row.default_multiplier)
+                enabled = row.enabled
+                await installer.store.hypernets.remove(row.id)
+            await installer.register(result, name=entry.stem, guild_id=None, added_by=None, options=options,
+                                     source="folder", source_detail=entry.relpath, enabled=enabled)
+        except ModelError as error:
+            report.refused.append((entry.relpath, error.message))
+            if row is not None and await installer.store.hypernets.get(row.id) is None:
+                report.removed.append(row.name)  # replaced row was dropped but the new one could not be added
+            return
+        self._known[entry.relpath] = stamp
+        (report.updated if row is not None else report.added).append(entry.stem)

@@ -1,0 +1,83 @@
+"""The result embed and the Info text of a job, always inside Discord's embed limits.
+
+Why separate: the same rendering serves the live result, ``/show`` and ``/history``, and the limits (title 256,
+description 4096, field value 1024, 6000 characters in total) are easy to break with a long prompt, so every
+user-supplied string passes through :func:`clip` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import discord
+
+from bot.store import Job
+from engine.infotext import build_infotext
+from engine.prompt import format_multiplier
+
+__all__ = ["EMBED_TOTAL", "clip", "embed_chars", "infotext_for", "model_label", "quote", "result_embed", "status_label"]
+
+EMBED_TOTAL = 6000
+_DESCRIPTION = 4096
+_FIELD = 1024
+_COLOUR = discord.Colour(0x5865F2)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis; never empty (Discord refuses empty field values)."""
+    text = text or "—"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quote(text: str, limit: int) -> str:
+    """User text shown in an embed or a message: backticks defused (they would end our code spans), bounded."""
+    return clip(text.replace("`", "ˋ"), limit)
+
+
+def status_label(job: Job) -> str:
+    return {"queued": "queued", "running": "rendering", "done": "done", "failed": "failed",
+            "cancelled": "cancelled"}.get(job.status, job.status)
+
+
+def model_label(job: Job, model_name: str) -> str:
+    """What the job's model is called: the configured display name, else the job's checkpoint setting."""
+    return model_name or job.settings.checkpoint
+
+
+def result_embed(job: Job, *, model_name: str, note: str = "") -> discord.Embed:
+    """Prompt, negative prompt, hypernets with multipliers, seed, steps, CFG, sampler, size, model, time taken."""
+    s = job.settings
+    embed = discord.Embed(title=f"Job #{job.id}", colour=_COLOUR, description=quote(s.prompt, 1800))
+    if s.negative_prompt:
+        embed.add_field(name="Negative prompt", value=quote(s.negative_prompt, 900), inline=False)
+    if s.hypernets:
+        lines = [f"`{h.name}` × {format_multiplier(h.multiplier)}" for h in s.hypernets]
+        embed.add_field(name="Hypernetworks", value=clip("\n".join(lines), 900), inline=False)
+    seeds = str(s.seed) if s.count == 1 else f"{s.seed}–{s.seed + s.count - 1}"
+    embed.add_field(name="Seed", value=seeds)
+    embed.add_field(name="Steps", value=str(s.steps))
+    embed.add_field(name="CFG scale", value=format_multiplier(s.cfg_scale))
+    embed.add_field(name="Sampler", value=clip(s.sampler, 100))
+    embed.add_field(name="Size", value=f"{s.width}×{s.height}")
+    embed.add_field(name="Model", value=clip(model_label(job, model_name), 200))
+    if job.warnings:  # e.g. a hypernet made for another model family: visible, not buried in the footer
+        embed.add_field(name="⚠️ Warnings", value=clip("\n".join(job.warnings), 1000), inline=False)
+    footer = f"{job.duration_s:.1f} s" if job.duration_s is not None else status_label(job)
+    if note:
+        footer += " · " + note
+    embed.set_footer(text=clip(footer, 500))
+    assert embed_chars(embed) <= EMBED_TOTAL
+    return embed
+
+
+def embed_chars(embed: discord.Embed) -> int:
+    """Characters Discord counts toward the 6000 total."""
+    total = len(embed.title or "") + len(embed.description or "") + len(embed.footer.text or "")
+    total += len(embed.author.name or "")
+    return total + sum(len(f.name or "") + len(f.value or "") for f in embed.fields)
+
+
+def infotext_for(job: Job, model_name: str, seed_offset: int = 0) -> str:
+    """A1111's ``parameters`` text for image ``seed_offset`` of the job (what the PNG carries, less what only the
+    worker knows: the model hash and the noise source)."""
+    s = job.settings
+    return build_infotext(s.infotext_prompt, s.negative_prompt, s.steps, s.sampler, s.cfg_scale, s.seed + seed_offset,
+                          s.width, s.height, model_label(job, model_name))

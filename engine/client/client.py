@@ -1,0 +1,387 @@
+"""The bot's side of the engine: fair queue, worker supervision, per-job event streams.
+
+Why it looks like this: the bot's event loop must never wait on the GPU.  Every public method returns
+at once; the transport (:mod:`engine.client.transport`; by default a child process on a socket pair,
+:mod:`engine.client.local_worker`) delivers the worker's messages into an asyncio queue.  One supervisor task
+owns the worker's life: start it through the transport, feed it one batch at a time from the fair queue,
+ping it, and when it exits or stops answering kill it, re-queue its in-flight jobs once at the front (each
+then runs alone) and start a new one with backoff.
+A batch that runs past ``job_timeout_s`` is treated differently: the worker still answers pings (its
+reader thread does) but the render is stuck, so the client kills it and fails that batch's jobs with
+``timeout`` instead of re-queuing them — a job that hung the device once would hang it again.
+
+Torch-free: imports only the protocol, the fair queue, the transport and the errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.client.fair_queue import FairQueue, QueuedJob
+from engine.client.handle import JobHandle
+from engine.client.local_worker import LocalWorkers
+from engine.client.transport import Exited, Inbox, WorkerLink, WorkerTransport
+from engine.errors import UnknownJob, WorkerUnavailable
+from engine.protocol import (
+    PROTOCOL_VERSION,
+    BatchDone,
+    Cancel,
+    Failure,
+    FailureKind,
+    GenerateRequest,
+    Health,
+    Hello,
+    Ping,
+    Progress,
+    Queued,
+    Result,
+    Shutdown,
+    Started,
+    SubmitBatch,
+    WorkerConfig,
+)
+
+__all__ = ["EngineClient", "EngineStatus"]
+
+log = logging.getLogger("engine.client")
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """What an owner's status command shows."""
+
+    state: str
+    pid: int | None
+    device: str
+    checkpoint: str
+    dtype: str
+    context_dim: int | None  # text-context width of the loaded checkpoint (768 SD1.x); None until it has started
+    attention_widths: tuple[int, ...]  # self-attention widths of the loaded checkpoint; () until it has started
+    queue_length: int
+    running: int
+    users_queued: int
+    jobs_done: int
+    jobs_failed: int
+    images_per_s: float
+    avg_step_s: float
+    cache_bytes: int
+    vram_used_bytes: int
+    cache_contents: tuple[str, ...]
+    uptime_s: float
+    restarts: int
+
+
+_WAKE = object()
+
+
+class EngineClient:
+    """Queue + supervised worker process.  Construct, ``await start()``, ``submit``, ``await stop()``."""
+
+    def __init__(self, config: WorkerConfig, *, transport: WorkerTransport | None = None, max_queue: int = 100,
+                 max_per_user: int = 4, heartbeat_interval_s: float = 2.0, heartbeat_timeout_s: float = 20.0,
+                 start_timeout_s: float = 300.0, job_timeout_s: float = 600.0,
+                 restart_backoff: Sequence[float] = (0.5, 2.0, 5.0, 15.0, 60.0)) -> None:
+        """``transport`` starts workers (default: child processes, :class:`LocalWorkers`).
+
+        ``job_timeout_s`` bounds one batch's wall-clock time on the worker, from ``SubmitBatch`` to ``BatchDone``.
+        It is a public attribute: a new value applies from the next batch dispatched.
+        """
+        if job_timeout_s <= 0:
+            raise ValueError(f"job_timeout_s must be positive; got {job_timeout_s}")
+        self.config = config
+        self.job_timeout_s = job_timeout_s
+        self._transport = transport or LocalWorkers()
+        self._queue = FairQueue(max_queue=max_queue, max_per_user=max_per_user)
+        self._hb_interval, self._hb_timeout = heartbeat_interval_s, heartbeat_timeout_s
+        self._start_timeout = start_timeout_s
+        self._backoff = tuple(restart_backoff) or (1.0,)
+        self._handles: dict[int, JobHandle] = {}
+        self._batch: dict[int, QueuedJob] = {}  # jobs of the worker's current batch not yet answered, by id
+        self._batch_id: int | None = None  # the batch the worker is on (None = idle)
+        self._batch_deadline = 0.0  # monotonic time by which the current batch must be done
+        self._batch_ids = itertools.count(1)
+        self._link: WorkerLink | None = None
+        self._hello: Hello | None = None
+        self._health: Health | None = None
+        self._state = "stopped"
+        self._accepting = False
+        self._stopping = False
+        self._inbox: Inbox | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+        self._gen = 0
+        self._started_at = 0.0
+        self.restarts = 0
+        self._done = self._failed = self._images = self._steps = 0
+        self._busy_s = self._step_s = 0.0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker and return once it has loaded its checkpoint (raises ``WorkerUnavailable`` if not)."""
+        if self._task is not None:
+            return
+        self._inbox, self._ready = asyncio.Queue(), asyncio.Event()
+        self._accepting, self._stopping, self._started_at = True, False, time.monotonic()
+        self._task = asyncio.create_task(self._supervise(), name="engine-supervisor")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._hello is None:
+            await self.stop()
+            raise WorkerUnavailable("The image engine could not start.")
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop taking jobs, fail queued ones (``shutdown``), let the running batch finish, end the worker."""
+        self._accepting = False
+        for job in self._queue.drain():
+            self._terminal(job, Failure(job.job_id, FailureKind.SHUTDOWN, "The image engine is shutting down.",
+                                        hint="Please submit it again in a moment.", retryable=True))
+        deadline = time.monotonic() + grace_s
+        while self._batch_id is not None and self._link is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._stopping = True
+        link = self._link
+        if link is not None:
+            link.send(Shutdown())
+            await link.wait_exit(10)
+            link.kill()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in list(self._batch.values()):
+            self._terminal(job, Failure(job.job_id, FailureKind.SHUTDOWN, "The image engine stopped before this job "
+                                        "finished.", hint="Please submit it again in a moment.", retryable=True))
+        self._batch.clear()
+        self._batch_id = None
+        self._link, self._task, self._state = None, None, "stopped"
+
+    # ---- public, non-blocking -------------------------------------------------------------------
+
+    def check_capacity(self, user_id: int) -> None:
+        """Raise ``QueueFull`` / ``UserQueueFull`` / ``WorkerUnavailable`` if a job from this user would be refused."""
+        if not self._accepting:
+            raise WorkerUnavailable("The image engine is not taking jobs right now.")
+        self._queue.check_capacity(user_id)
+
+    def submit(self, request: GenerateRequest) -> JobHandle:
+        """Queue a request; raises ``QueueFull`` / ``UserQueueFull`` / ``WorkerUnavailable`` at once."""
+        if not self._accepting:
+            raise WorkerUnavailable("The image engine is not taking jobs right now.")
+        job = self._queue.submit(request)
+        handle = JobHandle(job)
+        self._handles[job.job_id] = handle
+        self._publish_positions()
+        self._wake()
+        return handle
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a queued job now, or ask the worker to stop a running one between steps."""
+        job = self._queue.cancel(job_id)
+        if job is not None:
+            self._terminal(job, Failure(job_id, FailureKind.CANCELLED, "Cancelled."), running=False)
+            self._publish_positions()
+            return True
+        if job_id in self._batch and self._link is not None:
+            self._link.send(Cancel(job_id))
+            return True
+        return False
+
+    def position(self, job_id: int) -> int | None:
+        """Jobs to be served before this one (0 = next); ``None`` once it runs or ended, or if unknown."""
+        return self._queue.position(job_id)
+
+    def handle(self, job_id: int) -> JobHandle:
+        try:
+            return self._handles[job_id]
+        except KeyError:
+            raise UnknownJob("That job is not known to the engine.") from None
+
+    def status(self) -> EngineStatus:
+        hello, health = self._hello, self._health
+        return EngineStatus(
+            state=self._state, pid=self._link.pid if self._link else None, device=hello.device if hello else "",
+            checkpoint=hello.checkpoint if hello else self.config.checkpoint, dtype=hello.dtype if hello else "",
+            context_dim=hello.context_dim if hello else None,
+            attention_widths=hello.attention_widths if hello else (), queue_length=self._queue.queued,
+            running=len(self._batch), users_queued=self._queue.users_queued(), jobs_done=self._done,
+            jobs_failed=self._failed, images_per_s=self._images / self._busy_s if self._busy_s else 0.0,
+            avg_step_s=self._step_s / self._steps if self._steps else 0.0,
+            cache_bytes=health.hypernet_cache_bytes if health else 0,
+            vram_used_bytes=health.vram_used_bytes if health else 0,
+            cache_contents=health.hypernet_cache_names if health else (),
+            uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0, restarts=self.restarts)
+
+    # ---- supervisor -----------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping:
+            reason = await self._spawn()
+            if reason is None:
+                failures = 0
+                self._state = "ready"
+                assert self._ready is not None
+                self._ready.set()
+                reason = await self._serve()
+            if self._stopping:
+                return
+            failures += 1
+            self._on_worker_lost(reason)
+            if self._ready is not None and not self._ready.is_set():
+                return  # never came up: start() reports it
+            self._state = "restarting"
+            await asyncio.sleep(self._backoff[min(failures, len(self._backoff)) - 1])
+            self.restarts += 1
+
+    async def _spawn(self) -> str | None:
+        """Start a worker and wait for its Hello; returns why it failed, or None."""
+        assert self._inbox is not None
+        self._state, self._gen = "starting", self._gen + 1
+        self._link = self._transport.start(self._gen, self.config, self._inbox)
+        deadline = time.monotonic() + self._start_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                gen, msg = await asyncio.wait_for(self._inbox.get(), left)
+            except TimeoutError:
+                break
+            if gen != self._gen:
+                continue
+            if isinstance(msg, Hello):
+                if msg.protocol_version != PROTOCOL_VERSION:
+                    return f"worker speaks protocol {msg.protocol_version}, expected {PROTOCOL_VERSION}"
+                self._hello = msg
+                log.info("engine worker %d ready on %s (%s)", msg.pid, msg.device, msg.checkpoint)
+                return None
+            if isinstance(msg, Exited):
+                return f"worker exited during start (code {msg.code})"
+        return "worker did not start in time"
+
+    async def _serve(self) -> str:
+        """Feed and watch a ready worker until it dies or hangs; returns the reason."""
+        assert self._inbox is not None and self._link is not None
+        last_seen = last_ping = time.monotonic()
+        nonce = 0
+        self._dispatch()
+        while True:
+            now = time.monotonic()
+            if now - last_seen > self._hb_timeout:
+                return f"worker {self._link.pid} stopped answering for {now - last_seen:.0f}s"
+            if self._batch_id is not None and now >= self._batch_deadline and self._inbox.empty():
+                return self._time_out_batch()  # (messages still waiting, e.g. its BatchDone, are read first)
+            if now - last_ping >= self._hb_interval:
+                nonce += 1
+                last_ping = now
+                self._link.send(Ping(nonce))
+            wake_at = last_ping + self._hb_interval
+            if self._batch_id is not None:
+                wake_at = min(wake_at, self._batch_deadline)
+            try:
+                gen, msg = await asyncio.wait_for(self._inbox.get(), max(0.01, wake_at - now))
+            except TimeoutError:
+                continue
+            if msg is _WAKE:
+                self._dispatch()
+                continue
+            if gen != self._gen:
+                continue
+            last_seen = time.monotonic()
+            if isinstance(msg, Exited):
+                return f"worker {self._link.pid} exited with code {msg.code}"
+            self._on_message(msg)
+
+    def _on_message(self, msg: object) -> None:
+        if isinstance(msg, Health):
+            self._health = msg
+        elif isinstance(msg, Progress):
+            if msg.job_id in self._batch:
+                self._handles[msg.job_id].emit(msg)
+        elif isinstance(msg, Result | Failure):
+            job = self._batch.pop(msg.job_id, None)
+            if job is not None:
+                self._terminal(job, msg)
+        elif isinstance(msg, BatchDone) and msg.batch_id == self._batch_id:
+            self._batch_id = None
+            self._busy_s += msg.duration_s
+            self._images += msg.images
+            self._steps += msg.steps
+            self._step_s += msg.step_time_s
+            for job in list(self._batch.values()):  # answered nothing: a worker bug, never hang the user
+                self._batch.pop(job.job_id)
+                self._terminal(job, Failure(job.job_id, FailureKind.INTERNAL, "The engine lost track of this job."))
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self._batch_id is not None or self._link is None or self._state != "ready" or not self._accepting:
+            return
+        jobs = self._queue.next_batch(self.config.max_batch)
+        if not jobs:
+            return
+        batch_id = self._batch_id = next(self._batch_ids)
+        self._batch_deadline = time.monotonic() + self.job_timeout_s
+        for job in jobs:
+            self._batch[job.job_id] = job
+            self._handles[job.job_id].emit(Started(job.job_id, job.attempts, batch_id))
+        self._link.send(SubmitBatch(batch_id, tuple(j.request for j in jobs)))
+        self._publish_positions()
+
+    def _time_out_batch(self) -> str:
+        """The current batch ran too long: fail its jobs (``timeout``, not re-queued); returns why the worker goes.
+
+        The caller's ``_on_worker_lost`` then kills the worker (SIGKILL: a stuck kernel ignores anything
+        gentler) and a fresh one is started; the batch is already empty, so nothing is re-queued.
+        """
+        assert self._link is not None
+        limit = f"{self.job_timeout_s:g} s"
+        for job in list(self._batch.values()):
+            self._terminal(job, Failure(job.job_id, FailureKind.TIMEOUT,
+                                        f"The render took longer than {limit} and was stopped.",
+                                        hint="Try fewer steps, a smaller size or fewer images."))
+        self._batch.clear()
+        return f"batch {self._batch_id} on worker {self._link.pid} ran past the {limit} render time limit"
+
+    def _on_worker_lost(self, reason: str) -> None:
+        """Kill what is left of the worker; re-queue its jobs once (at the front), fail the rest."""
+        log.warning("engine worker lost: %s", reason)
+        if self._link is not None:
+            self._link.kill()
+        self._link, self._hello, self._health = None, None, None
+        for job in list(self._batch.values()):
+            if job.attempts < 2:
+                self._queue.requeue_front(job)
+            else:
+                self._terminal(job, Failure(job.job_id, FailureKind.WORKER_CRASHED,
+                                            "The image engine crashed while rendering this job, twice.",
+                                            hint="Something in this request may be triggering it; try other settings."))
+        self._batch.clear()
+        self._batch_id = None
+        self._publish_positions()
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _terminal(self, job: QueuedJob, outcome: Result | Failure, *, running: bool = True) -> None:
+        if running:
+            self._queue.finish(job.job_id)
+        handle = self._handles.pop(job.job_id, None)
+        if isinstance(outcome, Result):
+            self._done += 1
+        else:
+            self._failed += 1
+        if handle is not None:
+            handle.emit(outcome)
+
+    def _publish_positions(self) -> None:
+        for job_id, pos in self._queue.positions().items():
+            handle = self._handles.get(job_id)
+            if handle is not None:
+                handle.emit(Queued(job_id, pos))
+
+    def _wake(self) -> None:
+        if self._inbox is not None:
+            self._inbox.put_nowait((0, _WAKE))

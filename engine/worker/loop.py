@@ -1,0 +1,320 @@
+"""The worker's batch loop: owns the renderer and the device, renders the batches the client sends.
+
+Why a separate process: a CUDA fault or a leak must never take the bot down, and a worker that dies
+or hangs can be replaced with a clean one.  Started by the engine client as ``python -m engine.worker
+--fd N`` (:mod:`engine.worker.__main__`) with a scrubbed environment (no bot token); ``N`` is its end of a
+socket pair carrying pickled ``engine.protocol`` envelopes.  The first message it reads is its ``WorkerConfig``.
+
+Threads: the main thread loads the checkpoint once and runs batches; a reader thread takes messages
+while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
+mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  Because of
+that, a render stuck inside the device does not stop the heartbeats; the client bounds each batch's time
+instead (``job_timeout_s``) and kills the worker when it runs past it.
+
+Failures: out of memory → the batch is split in halves and retried, and only a single job that still
+does not fit fails (``out_of_memory``); a bad request (missing hypernet file, invalid option) fails its
+job only; any other device error ends the process with exit code 70 so the client restarts it clean.
+
+``HYPERCORD_TEST_FAULTS`` (JSON, set by tests only) injects faults keyed on prompt markers
+(:mod:`engine.worker.faults`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import torch
+
+from engine.errors import InvalidModelFile
+from engine.hypernet import Hypernetwork, load_canonical
+from engine.protocol import (
+    PROTOCOL_VERSION,
+    BatchDone,
+    Cancel,
+    Envelope,
+    Failure,
+    FailureKind,
+    GenerateRequest,
+    Health,
+    Hello,
+    Ping,
+    Progress,
+    Result,
+    Shutdown,
+    SubmitBatch,
+    WorkerConfig,
+    wrap,
+)
+from engine.worker.faults import Faults
+from engine.worker.hypernet_cache import HypernetCache
+from engine.worker.renderer import Cancelled, Renderer, RequestError
+
+__all__ = ["EXIT_DEVICE_ERROR", "EXIT_PROTOCOL", "Endpoint", "Worker"]
+
+log = logging.getLogger("engine.worker")
+
+EXIT_DEVICE_ERROR = 70
+EXIT_PROTOCOL = 65
+OOM_HINT = "Try a smaller size or fewer images per request."
+
+
+class Endpoint(Protocol):
+    """The worker's end of its transport: a ``multiprocessing.connection.Connection`` fits."""
+
+    def send(self, obj: object) -> None: ...
+
+    def recv(self) -> object: ...
+
+
+class Worker:
+    """One worker's state: the loaded renderer, the hypernet cache, and the endpoint to the client."""
+
+    def __init__(self, conn: Endpoint, config: WorkerConfig, faults: Faults) -> None:
+        self._conn = conn
+        self._config = config
+        self._faults = faults
+        self._send_lock = threading.Lock()
+        self._client_gone = False
+        self._work: queue.SimpleQueue[SubmitBatch | Shutdown] = queue.SimpleQueue()
+        self._cancelled: set[int] = set()
+        self._cancel_lock = threading.Lock()
+        self._busy = False
+        self._cache_snapshot: tuple[int, tuple[str, ...]] = (0, ())
+        self._names: dict[str, str] = {}
+        self._device_is_cuda = False
+        self._stats = _BatchStats()
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    def send(self, message: object) -> None:
+        """Send to the bot; if the bot is gone (killed), stop quietly instead of raising mid-batch."""
+        with self._send_lock:
+            if self._client_gone:
+                return
+            try:
+                self._conn.send(wrap(message))
+            except OSError:  # BrokenPipeError, ConnectionResetError: nobody is listening any more
+                self._client_gone = True
+        if self._client_gone:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """The client is gone: cancel everything running and finish nothing new."""
+        self._work.put(Shutdown())
+        with self._cancel_lock:
+            self._cancelled.add(-1)  # -1 = everything
+
+    def _reader(self) -> None:
+        """Runs beside the batch loop: queue work, flag cancels, answer pings at once."""
+        while True:
+            try:
+                env = self._conn.recv()
+            except (EOFError, OSError):
+                self._abandon()  # the client is gone: finish nothing new
+                return
+            msg = env.message if isinstance(env, Envelope) else None
+            if isinstance(msg, SubmitBatch | Shutdown):
+                self._work.put(msg)
+            elif isinstance(msg, Cancel):
+                with self._cancel_lock:
+                    self._cancelled.add(msg.job_id)
+            elif isinstance(msg, Ping):
+                self.send(self._health(msg.nonce))
+
+    def _health(self, nonce: int) -> Health:
+        cache_bytes, names = self._cache_snapshot
+        vram = int(torch.cuda.memory_allocated()) if self._device_is_cuda else 0
+        return Health(nonce=nonce, busy=self._busy, vram_used_bytes=vram, hypernet_cache_bytes=cache_bytes,
+                      hypernet_cache_names=names)
+
+    def _is_cancelled(self, job_id: int) -> bool:
+        with self._cancel_lock:
+            return job_id in self._cancelled or -1 in self._cancelled
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Load the checkpoint, say Hello, then render batches until ``Shutdown`` (returns the exit code)."""
+        cfg = self._config
+        renderer = Renderer.load(cfg.checkpoint, cfg.device, cfg.dtype, cfg.hypernet_dtype)
+        self._device_is_cuda = renderer.device.type == "cuda"
+
+        def load(path: os.PathLike[str]) -> Hypernetwork:
+            return load_canonical(str(path)).to(renderer.device, renderer.hypernet_dtype)
+
+        cache: HypernetCache[Hypernetwork] = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load)
+        self.send(Hello(protocol_version=PROTOCOL_VERSION, pid=os.getpid(), device=str(renderer.device),
+                        checkpoint=cfg.checkpoint, dtype=str(renderer.dtype).removeprefix("torch."),
+                        context_dim=int(renderer.context_dim), attention_widths=tuple(sorted(renderer.attention_widths))))
+        threading.Thread(target=self._reader, name="worker-reader", daemon=True).start()
+        while True:
+            item = self._work.get()
+            if isinstance(item, Shutdown):
+                return 0
+            self._busy = True
+            try:
+                self._run_batch(item, renderer, cache)
+            finally:
+                self._busy = False
+
+    # ---- one batch ------------------------------------------------------------------------------
+
+    def _run_batch(self, batch: SubmitBatch, renderer: Renderer, cache: HypernetCache[Hypernetwork]) -> None:
+        started = time.monotonic()
+        self._stats = _BatchStats()
+        live: list[GenerateRequest] = []
+        for req in batch.requests:
+            if self._is_cancelled(req.job_id):
+                self._fail(req, FailureKind.CANCELLED, "Cancelled.")
+            else:
+                live.append(req)
+        nets = self._resolve(live, cache)
+        self._render(renderer, [r for r in live if r.job_id in nets], nets)
+        with self._cancel_lock:
+            self._cancelled.difference_update(r.job_id for r in batch.requests)
+        stats = self._stats
+        self.send(BatchDone(batch_id=batch.batch_id, images=stats.images, steps=stats.steps,
+                            step_time_s=stats.step_s, duration_s=time.monotonic() - started))
+
+    def _resolve(self, requests: Sequence[GenerateRequest], cache: HypernetCache[Hypernetwork]
+                 ) -> dict[int, Mapping[str, Hypernetwork]]:
+        """Per job, its hypernets from the cache; a job whose files are missing fails alone (bad request).
+
+        Hypernets at multiplier 0 are left out: A1111's ``x + y * 0`` is ``x``, so they need no file."""
+        out: dict[int, Mapping[str, Hypernetwork]] = {}
+        for req in requests:
+            used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
+            try:
+                out[req.job_id] = cache.get_many(ref.sha256 for ref in used)
+            except InvalidModelFile as exc:
+                self._fail(req, FailureKind.BAD_REQUEST, exc.message)
+                continue
+            for ref in used:
+                self._names[ref.sha256] = ref.name
+        self._cache_snapshot = (cache.nbytes, tuple(f"{self._names.get(d, '?')} ({d[:10]})" for d in cache.names()))
+        return out
+
+    def _render(self, renderer: Renderer, requests: list[GenerateRequest],
+                nets: Mapping[int, Mapping[str, Hypernetwork]]) -> None:
+        """Render ``requests`` together; on out-of-memory retry in halves down to single jobs."""
+        if not requests:
+            return
+        merged = {d: n for r in requests for d, n in nets[r.job_id].items()}
+        done: set[int] = set()  # jobs already answered (cancelled mid-run)
+        progress = _ProgressGate(self._config.progress_interval_s)
+        step_started = [time.monotonic()]
+
+        def on_step(i: int, n: int) -> None:
+            now = time.monotonic()
+            self._stats.steps += 1
+            self._stats.step_s += now - step_started[0]
+            step_started[0] = now
+            self._faults.fire(requests, i)
+            if progress.due(i, n, now):
+                for r in requests:
+                    if r.job_id not in done:
+                        self.send(Progress(job_id=r.job_id, step=i, total=n))
+
+        def should_stop(step: int) -> set[int]:
+            """Jobs cancelled so far: the renderer drops their rows (and stops once none are left)."""
+            for r in requests:
+                if r.job_id not in done and self._is_cancelled(r.job_id):
+                    done.add(r.job_id)
+                    self._fail(r, FailureKind.CANCELLED, "Cancelled.")
+            return set(done)
+
+        try:
+            outputs = renderer.generate(requests, merged, on_step=on_step, should_stop=should_stop)
+        except Cancelled:
+            for r in requests:
+                if r.job_id not in done:
+                    self._fail(r, FailureKind.CANCELLED, "Cancelled.")
+            return
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(requests) == 1:
+                self._fail(requests[0], FailureKind.OUT_OF_MEMORY, "Ran out of GPU memory rendering this job.",
+                           hint=OOM_HINT)
+                return
+            log.warning("out of memory with %d jobs; retrying in halves", len(requests))
+            self._split(renderer, requests, nets, done)
+            return
+        except RequestError as exc:  # the renderer refused an option: find the job(s) at fault, spare the rest
+            if len(requests) > 1:
+                self._split(renderer, requests, nets, done)
+                return
+            self._fail(requests[0], FailureKind.BAD_REQUEST, f"This request cannot be rendered: {_first_line(exc)}")
+            return
+        except Exception as exc:
+            if _is_device_error(exc):
+                log.critical("device error, exiting so the worker restarts clean: %s", _first_line(exc))
+                sys.stderr.flush()
+                os._exit(EXIT_DEVICE_ERROR)
+            log.exception("render failed")
+            for r in requests:
+                if r.job_id not in done:
+                    self._fail(r, FailureKind.INTERNAL, "Rendering failed because of an internal error.")
+            return
+        by_id = {r.job_id: r for r in requests}
+        for out in outputs:
+            if out.job_id in done or out.job_id not in by_id:
+                continue
+            self._stats.images += len(out.pngs)
+            self.send(Result(job_id=out.job_id, images=tuple(out.pngs), seeds=tuple(out.seeds),
+                             duration_s=time.monotonic() - progress.started, warnings=tuple(out.warnings)))
+
+    def _split(self, renderer: Renderer, requests: list[GenerateRequest],
+               nets: Mapping[int, Mapping[str, Hypernetwork]], done: set[int]) -> None:
+        rest = [r for r in requests if r.job_id not in done]
+        half = (len(rest) + 1) // 2
+        self._render(renderer, rest[:half], nets)
+        self._render(renderer, rest[half:], nets)
+
+    def _fail(self, req: GenerateRequest, kind: FailureKind, message: str, hint: str = "") -> None:
+        self.send(Failure(job_id=req.job_id, kind=kind, message=message, hint=hint))
+
+
+class _BatchStats:
+    """What one batch did, for the client's status figures."""
+
+    __slots__ = ("images", "step_s", "steps")
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.steps = 0
+        self.step_s = 0.0
+
+
+class _ProgressGate:
+    """Lets a progress report through at most every ``interval_s``, and always for the last step."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self._last = float("-inf")
+
+    def due(self, step: int, total: int, now: float) -> bool:
+        if step >= total or now - self._last >= self.interval_s:
+            self._last = now
+            return True
+        return False
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(exc, accel):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("CUDA error" in text or "CUBLAS_STATUS" in text or "cuDNN error" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

@@ -1,0 +1,83 @@
+"""The /imagine option rules (pure): defaults, ranges, tags resolved to files, the ``hypernet`` option's tag."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import LimitSettings
+from bot.options import SAMPLER_NAMES, OptionError, build_settings, size_choices, step_multiplier
+from bot.store import Hypernet
+from engine.render_settings import HypernetRef
+
+LIMITS = LimitSettings(max_size=768, max_steps=50)
+
+
+def row(name: str, sha: str, default_multiplier: float = 1.0) -> Hypernet:
+    return Hypernet(id=1, name=name, guild_id=None, sha256=sha, file_name=f"{sha}.safetensors", file_size=1,
+                    sizes=(320,), layer_structure=(1.0, 2.0, 1.0), activation="relu", base_model=None, description="",
+                    trigger_words="", default_multiplier=default_multiplier, preview_path=None, enabled=True,
+                    added_by=None, added_at=0.0, source="folder", source_detail=None, updated_at=0.0)
+
+
+MODELS = {"foo": row("foo", "f" * 64, 0.6), "bar": row("bar", "b" * 64)}
+
+
+def settings(**options: object):
+    return build_settings(limits=LIMITS, checkpoint="tiny", models=MODELS, **{"prompt": "a cat", **options})
+
+
+def test_bot_sampler_names_are_known_to_the_engine() -> None:
+    from engine.samplers import SAMPLER_NAMES as ENGINE_NAMES
+
+    assert set(SAMPLER_NAMES) <= set(ENGINE_NAMES) and len(SAMPLER_NAMES) <= 25
+
+
+def test_size_choices_follow_the_limits() -> None:
+    assert size_choices(LIMITS)[0] == "512x512"
+    assert "1024x1024" not in size_choices(LIMITS) and "768x512" in size_choices(LIMITS)
+
+
+def test_defaults_tags_and_the_hypernet_option() -> None:
+    s = settings(prompt="  a cat hypernet:foo:0.5, red ", hypernet="bar", multiplier=1.25, seed=3)
+    assert s.prompt == "a cat hypernet:foo:0.5, red <hypernet:bar:1.25>"  # as typed; the option's tag appended
+    assert s.hypernets == (HypernetRef("foo", "f" * 64, 0.5), HypernetRef("bar", "b" * 64, 1.25))
+    assert (s.steps, s.width, s.height, s.seed, s.sampler, s.count, s.checkpoint) == (20, 512, 512, 3, "Euler a", 1,
+                                                                                       "tiny")
+    assert s.encoder_prompt.split() == ["a", "cat", ",", "red"]
+    assert s.infotext_prompt == "a cat <hypernet:foo:0.5>, red <hypernet:bar:1.25>"
+
+
+def test_the_option_without_a_multiplier_takes_the_models_default() -> None:
+    assert settings(hypernet="foo").hypernets == (HypernetRef("foo", "f" * 64, 0.6),)
+
+
+def test_random_seed_when_none_or_negative() -> None:
+    seeds = {settings(seed=-1).seed for _ in range(5)} | {settings().seed for _ in range(5)}
+    assert all(0 <= s < 2**32 for s in seeds) and len(seeds) > 1
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"cfg_scale": 31.0}, "CFG scale must be between 1 and 30; you gave 31."),
+    ({"size": "big"}, "Size `big` is not of the form WIDTHxHEIGHT, e.g. `512x512`."),
+    ({"seed": 2**40}, "Seed must be between 0 and 4294967295 (or -1 for a random one); you gave 1099511627776."),
+    ({"sampler": "Nope"}, "Unknown sampler `Nope`; choose one of: "),
+    ({"hypernet": "foo", "multiplier": float("nan")}, "The multiplier for `foo` must be between -1 and 2; you gave nan."),
+    ({"multiplier": 0.5}, "`multiplier` needs `hypernet` too: pick a hypernetwork"),
+    ({"hypernet": "two words"}, "`two words` cannot be a hypernetwork name (model names cannot contain spaces"),
+    ({"hypernet": "nope"}, "`<hypernet:nope:1>` — there is no hypernet named `nope`; `/hypernets list` shows the "
+                           "installed ones."),
+    ({"prompt": "a cat <hypernet:Foo:5>"}, "`<hypernet:Foo:5>` — multiplier 5 is outside the allowed range -1 to 2."),
+    ({"prompt": "a cat <hypernet:Foo>"}, "`<hypernet:Foo>` — there is no hypernet named `Foo` (names are "
+                                         "case-sensitive); did you mean `foo`?"),
+    ({"width": 100}, "Width must be a multiple of 8 (e.g. 96); you gave 100."),
+])
+def test_refusals_say_what_to_do(options: dict[str, object], message: str) -> None:
+    with pytest.raises(OptionError) as info:
+        settings(**options)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_multiplier_steps_clamp_and_stop_at_bounds() -> None:
+    assert step_multiplier(0.7, 1, LIMITS) == 0.8
+    assert step_multiplier(1.95, 1, LIMITS) == 2.0
+    assert step_multiplier(2.0, 1, LIMITS) is None and step_multiplier(-1.0, -1, LIMITS) is None
