@@ -31,7 +31,7 @@ def torch_free_engine_modules() -> list[str]:
     names = []
     for name in module_names("engine"):
         stem = name.rsplit(".", 1)[-1]
-        if stem in TORCH_ALLOWED or stem.startswith(TORCH_ALLOWED_PREFIXES):
+        if stem in TORCH_ALLOWED or stem.startswith(TORCH_ALLOWED_PREFIXES) or name.startswith("engine.conditioning"):
             continue
         names.append(name)
     return names
