@@ -87,12 +87,17 @@ class PromptEncoder:
 
     Embeddings the text encoder cannot use (another width) or prompts cannot reach (a name that tokenizes to
     nothing or like another name) are left out and listed in :attr:`skipped_embeddings` with the reason.
-    ``limits=None`` encodes prompts of any length, as A1111.
+    ``limits=None`` encodes prompts of any length, as A1111.  ``rows_per_forward`` splits the forward pass; 1
+    makes results bit-identical whatever else is in the batch, also where multi-threaded or GPU matrix kernels
+    depend on the batch size (see docs/conditioning.md), at the cost of one forward per distinct chunk.
     """
 
     def __init__(self, text_encoder: torch.nn.Module, tokenizer, embeddings: EmbeddingSet | None = None, *,
-                 limits: Limits | None = DEFAULT_LIMITS) -> None:
+                 limits: Limits | None = DEFAULT_LIMITS, rows_per_forward: int | None = None) -> None:
+        if rows_per_forward is not None and rows_per_forward < 1:
+            raise ValueError(f"rows_per_forward must be at least 1, got {rows_per_forward}")
         self.text_encoder = text_encoder
+        self.rows_per_forward = rows_per_forward
         usable, skipped = (embeddings or EmbeddingSet()).for_width(encoder_width(text_encoder))
         tokenize = tokenize_function(tokenizer)
         index = EmbeddingIndex(((embedding.name, embedding.vector_count) for embedding in usable.values()), tokenize)
@@ -102,6 +107,10 @@ class PromptEncoder:
             *skipped, *(SkippedEmbedding(name, reason) for name, reason in index.unreachable))
         self.token_ids = token_ids_of(tokenizer)
         self.planner = PromptPlanner(tokenize, index, self.token_ids, limits)
+
+    def plan(self, request: PromptRequest) -> PromptPlan:
+        """What :meth:`encode` will compute for this request; raises :class:`PromptTooLong` as it would."""
+        return self.planner.plan(request.text, request.steps, positive=request.positive)
 
     def length(self, text: str, steps: int, *, positive: bool = True) -> PromptLength:
         """Tokens and chunks the prompt needs (for messages); never raises for length."""
@@ -123,14 +132,12 @@ class PromptEncoder:
         rows = _Rows()
         layouts = [[(part, self._columns(part, rows)) for part in plan.parts] for plan in plans]
         skips = [max(1, request.clip_skip) for request in requests]
-        hidden = encode_chunk_batch(self.text_encoder, self._token_ids(rows), self._fixes(rows), set(skips))
+        hidden = encode_chunk_batch(self.text_encoder, self._token_ids(rows), self._fixes(rows), set(skips),
+                                    rows_per_forward=self.rows_per_forward)
         return [
             [WeightedSchedule(part.weight, self._schedule(part, columns, hidden[skip])) for part, columns in layout]
             for layout, skip in zip(layouts, skips, strict=True)
         ]
-
-    def plan(self, request: PromptRequest) -> PromptPlan:
-        return self.planner.plan(request.text, request.steps, positive=request.positive)
 
     def _columns(self, part: PartPlan, rows: _Rows) -> list[_Column]:
         padding = empty_chunk(self.token_ids)

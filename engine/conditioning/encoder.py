@@ -47,14 +47,8 @@ def _fix_hook(fixes: Sequence[Fixes]):
     return put_vectors
 
 
-def encode_chunk_batch(
-    text_encoder: torch.nn.Module, token_ids: torch.Tensor, fixes: Sequence[Fixes], clip_skips: Collection[int]
-) -> dict[int, torch.Tensor]:
-    """Hidden states ``[N, 77, width]`` of N chunks for every requested clip skip, from one forward pass."""
-    layers = encoder_layers(text_encoder)
-    for skip in clip_skips:
-        if skip > layers:
-            raise ValueError(f"clip skip {skip} is more than the text encoder's {layers} layers")
+def _forward(text_encoder: torch.nn.Module, token_ids: torch.Tensor, fixes: Sequence[Fixes],
+             clip_skips: Collection[int]) -> dict[int, torch.Tensor]:
     need_hidden = any(skip > 1 for skip in clip_skips)
     hook = text_encoder.get_input_embeddings().register_forward_hook(_fix_hook(fixes))
     try:
@@ -67,6 +61,22 @@ def encode_chunk_batch(
             }
     finally:
         hook.remove()
+
+
+def encode_chunk_batch(text_encoder: torch.nn.Module, token_ids: torch.Tensor, fixes: Sequence[Fixes],
+                       clip_skips: Collection[int], *, rows_per_forward: int | None = None) -> dict[int, torch.Tensor]:
+    """Hidden states ``[N, 77, width]`` of N chunks for every requested clip skip, from one forward pass (or one
+    per ``rows_per_forward`` chunks; 1 makes every chunk's result independent of what else is in the batch)."""
+    layers = encoder_layers(text_encoder)
+    for skip in clip_skips:
+        if skip > layers:
+            raise ValueError(f"clip skip {skip} is more than the text encoder's {layers} layers")
+    size = rows_per_forward or len(token_ids)
+    pieces = [_forward(text_encoder, token_ids[start : start + size], fixes[start : start + size], clip_skips)
+              for start in range(0, len(token_ids), size)]
+    if len(pieces) == 1:
+        return pieces[0]
+    return {skip: torch.cat([piece[skip] for piece in pieces]) for skip in clip_skips}
 
 
 def apply_original_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:

@@ -130,3 +130,15 @@ def test_cond_at_step_follows_a1111s_rule() -> None:
     assert [cond_at_step(schedule, step) is a for step in range(11)] == [True] * 6 + [False] * 5
     with pytest.raises(ValueError, match="past the schedule"):
         cond_at_step(schedule, 11)
+
+
+def test_rows_per_forward_splits_the_forward_and_keeps_the_numbers(text_encoder, tokenizer, encoder) -> None:
+    split = PromptEncoder(text_encoder, tokenizer, load_embeddings_dir(EMBEDDINGS_DIR).embeddings, rows_per_forward=1)
+    with ForwardCounter(text_encoder) as counter:
+        results = split.encode(BATCH[:4])
+    assert counter.rows == [1] * len(counter.rows) and len(counter.rows) > 1
+    for parts, reference in zip(results, encoder.encode(BATCH[:4]), strict=True):
+        for (_, schedule), (_, expected) in zip(parts, reference, strict=True):
+            assert all(torch.equal(a.cond, b.cond) for a, b in zip(schedule, expected, strict=True))
+    with pytest.raises(ValueError, match="rows_per_forward"):
+        PromptEncoder(text_encoder, tokenizer, rows_per_forward=0)
