@@ -1,0 +1,32 @@
+"""A1111's LoRA family (LoRA, LoCon, LyCORIS LoHa / LoKr / (IA)³ / full / norm) for Hypercord's worker.
+
+Why a package of our own: diffusers+PEFT is exact only for plain kohya LoRA and merges per model, while
+one of our UNet batches mixes users with different LoRA lists.  Here files are parsed by A1111's rules
+(``parse``), each module's update is A1111's (``modules``), and ``runtime`` applies every batch row's own
+list through removable forward hooks without touching the base weights.  docs/lora.md has the details.
+
+The module-level ``load`` / ``targets`` / ``layer_delta`` / ``bias_delta`` are the shared parity checker's
+interface (A1111 1.8 behaviour); the engine uses ``load_lora_safetensors`` and ``runtime``.
+"""
+
+
+from engine.lora.errors import LoraFormatError
+from engine.lora.interface import bias_delta, layer_delta, load, multiplier_for, targets
+from engine.lora.loaders import load_lora_safetensors, lora_from_state_dict
+from engine.lora.network import DORA_APPLIED_WARNING, DORA_IGNORED_WARNING, LoraNetwork
+from engine.lora.parse import parse_state_dict
+
+__all__ = [
+    "DORA_APPLIED_WARNING",
+    "DORA_IGNORED_WARNING",
+    "LoraFormatError",
+    "LoraNetwork",
+    "bias_delta",
+    "layer_delta",
+    "load",
+    "load_lora_safetensors",
+    "lora_from_state_dict",
+    "multiplier_for",
+    "parse_state_dict",
+    "targets",
+]
