@@ -10,6 +10,7 @@ interface (A1111 1.8 behaviour); the engine uses ``load_lora_safetensors`` and `
 """
 
 
+from engine.lora.detect import LoraFileInfo, compatibility_problem, describe_shapes, read_safetensors_shapes
 from engine.lora.errors import LoraFormatError
 from engine.lora.interface import bias_delta, layer_delta, load, multiplier_for, targets
 from engine.lora.loaders import load_lora_safetensors, lora_from_state_dict
@@ -19,14 +20,18 @@ from engine.lora.parse import parse_state_dict
 __all__ = [
     "DORA_APPLIED_WARNING",
     "DORA_IGNORED_WARNING",
+    "LoraFileInfo",
     "LoraFormatError",
     "LoraNetwork",
     "bias_delta",
+    "compatibility_problem",
+    "describe_shapes",
     "layer_delta",
     "load",
     "load_lora_safetensors",
     "lora_from_state_dict",
     "multiplier_for",
     "parse_state_dict",
+    "read_safetensors_shapes",
     "targets",
 ]

@@ -193,7 +193,7 @@ class LokrModule(LoraModule):
             w1 = w1.reshape(*w1.shape, 1, 1)
         if w1.ndim != w2.ndim:
             return None
-        return _fit(torch.kron(w1, w2), weight.shape)
+        return _fit(torch.kron(w1.contiguous(), w2.contiguous()), weight.shape)
 
 
 @dataclass(frozen=True, eq=False)

@@ -138,7 +138,8 @@ _KOHYA_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...]
          lambda m: f"diffusion_model_input_blocks_{3 * int(m[1]) + 3}_0_op"),
         (r"lora_unet_up_blocks_([0-9]+)_upsamplers_0_conv",
          lambda m: f"diffusion_model_output_blocks_{3 * int(m[1]) + 2}_{2 if int(m[1]) > 0 else 1}_conv"),
-        (r"lora_te_text_model_encoder_layers_([0-9]+)_(.+)", lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
+        (r"lora_te_text_model_encoder_layers_([0-9]+)_(.+)",
+         lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
     )
 )
 
