@@ -4,8 +4,10 @@ Why this shape: one UNet (or text-encoder) batch mixes requests with different L
 weights stay untouched.  For each module some row's LoRAs touch, the batch keeps
 
 * the low-rank LoRAs (LoRA, LoCon, Tucker LoCon folded into its conv) as one stacked ``down [R, in(,kh,kw)]``
-  and ``up [out, R]`` plus a per-row, per-rank-column ``rank_scale [n, R]`` = scale × that row's multiplier
-  (0 where the row does not use that LoRA): a row's update is ``((x @ downᵀ) * rank_scale[row]) @ upᵀ``;
+  and ``up_t [R, out]`` of all their rank columns, plus per row the columns it uses, ``col_index [n, C]``,
+  and their ``col_scale [n, C]`` = scale × that row's multiplier (padding columns: scale 0).  A row's
+  update is ``((x @ down[cols]ᵀ) * col_scale) @ up_t[cols]`` — its own ranks only, so a batch of rows with
+  different LoRAs costs per row what one LoRA costs (the gathered-factors, "BGMV" form);
 * the others (LoHa, LoKr, full, (IA)³, norm, DoRA) as their deltas at multiplier 1, materialised once,
   stacked ``dense [K, *W.shape]`` with ``dense_mult [n, K]`` (and ``bias [K, out]`` for full/norm biases);
 * ``rows``: the indices of the rows with any update there, so the other rows are left exactly as they were.
@@ -91,8 +93,9 @@ class ModulePlan:
     rows: torch.Tensor | None  # active row indices; None when every row is active
     n_active: int
     down: torch.Tensor | None = None
-    up: torch.Tensor | None = None
-    rank_scale: torch.Tensor | None = None
+    up_t: torch.Tensor | None = None
+    col_index: torch.Tensor | None = None
+    col_scale: torch.Tensor | None = None
     dense: torch.Tensor | None = None
     dense_mult: torch.Tensor | None = None
     bias: torch.Tensor | None = None
@@ -206,14 +209,21 @@ def _plan(kind: str, module: nn.Module, slots: Sequence[_Slot], n_rows: int, dty
     put = {"device": device, "dtype": dtype}
     if low:
         plan.down = torch.cat([down for _, down, _ in low]).to(**put)
-        plan.up = torch.cat([up for _, _, up in low], dim=1).to(**put)
-        scale = torch.zeros(len(active), plan.down.shape[0], dtype=torch.float64)
-        col = 0
+        plan.up_t = torch.cat([up for _, _, up in low], dim=1).t().contiguous().to(**put)
+        columns: list[list[tuple[int, float]]] = [[] for _ in active]
+        start = 0
         for slot, down, _ in low:
             for r, m in slot.mult.items():
-                scale[position[r], col:col + down.shape[0]] = m * slot.module.scale
-            col += down.shape[0]
-        plan.rank_scale = scale.to(**put)
+                columns[position[r]].extend((start + c, m * slot.module.scale) for c in range(down.shape[0]))
+            start += down.shape[0]
+        width = max(len(cols) for cols in columns)
+        index = torch.zeros(len(active), width, dtype=torch.long)
+        scale = torch.zeros(len(active), width, dtype=torch.float64)
+        for i, cols in enumerate(columns):
+            if cols:
+                index[i, :len(cols)] = torch.tensor([c for c, _ in cols])
+                scale[i, :len(cols)] = torch.tensor([v for _, v in cols], dtype=torch.float64)
+        plan.col_index, plan.col_scale = index.to(device), scale.to(**put)
     if dense:
         plan.dense = torch.stack([delta for _, delta, _ in dense]).to(**put)
         mult = torch.zeros(len(active), len(dense), dtype=torch.float64)

@@ -7,9 +7,11 @@ only while a batch is active (``lora_batch_active``), so a model without LoRA ru
 
 Per module kind (``x`` = the active rows of the input):
 
-* Linear: ``((x @ downᵀ) * rank_scale) @ upᵀ`` + ``Σ_k dense_mult[:, k] · (x @ dense_kᵀ)`` + bias rows;
-* Conv2d: the same with ``down`` as a conv of the module's stride/padding/dilation and ``up`` a 1x1 conv
-  (``conv(x, up·down) == up(conv(x, down))``), dense slots as one conv with ``K·out`` output channels;
+* Linear: per row ``((x @ downᵀ) * col_scale) @ up_t`` over the row's own rank columns (one batched matmul
+  of gathered factors) + ``Σ_k dense_mult[:, k] · (x @ dense_kᵀ)`` + bias rows;
+* Conv2d: the same with ``down`` as a conv of the module's stride/padding/dilation (one grouped conv, a
+  group per row) and ``up`` a 1x1 mix (``conv(x, up·down) == up(conv(x, down))``); dense slots as one conv
+  with ``K·out`` output channels;
 * GroupNorm / LayerNorm: ``x̂ · Δw_row + Δb_row`` with ``x̂`` the normalised input (``norm(x; w, b) =
   x̂·w + b``, so the merged ``w + Δw`` gives exactly this extra term).
 """
@@ -44,8 +46,10 @@ def _per_row(values: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
 def _linear_update(plan: ModulePlan, x: torch.Tensor) -> torch.Tensor:
     out: torch.Tensor | None = None
     if plan.down is not None:
-        h = F.linear(x, plan.down) * _per_row(plan.rank_scale, x.ndim, x.ndim - 1)
-        out = F.linear(h, plan.up)
+        n, features = x.shape[0], x.shape[-1]
+        h = torch.bmm(x.reshape(n, -1, features), plan.down[plan.col_index].transpose(1, 2))
+        h = torch.bmm(h * plan.col_scale.unsqueeze(1), plan.up_t[plan.col_index])
+        out = h.reshape(*x.shape[:-1], h.shape[-1])
     if plan.dense is not None:
         k, rows_out = plan.dense.shape[0], plan.dense.shape[1]
         h = F.linear(x, plan.dense.reshape(k * rows_out, -1)).unflatten(-1, (k, rows_out))
@@ -57,8 +61,13 @@ def _linear_update(plan: ModulePlan, x: torch.Tensor) -> torch.Tensor:
 def _conv_update(plan: ModulePlan, module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     out: torch.Tensor | None = None
     if plan.down is not None:  # only for plain convs (groups 1, zero padding): batch._plain_conv
-        h = F.conv2d(x, plan.down, None, module.stride, module.padding, module.dilation)
-        out = F.conv2d(h * _per_row(plan.rank_scale, h.ndim, 1), plan.up[:, :, None, None])
+        n, cols = plan.col_index.shape
+        down = plan.down[plan.col_index].flatten(0, 1)  # [n·C, in, kh, kw]: one group per row
+        h = F.conv2d(x.reshape(1, -1, *x.shape[2:]), down, None, module.stride, module.padding, module.dilation, n)
+        spatial = h.shape[2:]
+        h = h.reshape(n, cols, -1) * plan.col_scale.unsqueeze(-1)
+        h = torch.bmm(plan.up_t[plan.col_index].transpose(1, 2), h)  # [n, out, H'·W']
+        out = h.reshape(n, -1, *spatial)
     if plan.dense is not None:
         k, rows_out = plan.dense.shape[0], plan.dense.shape[1]
         if module.groups == 1 and module.padding_mode == "zeros":

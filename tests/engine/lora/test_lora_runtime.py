@@ -140,13 +140,14 @@ def test_hooks_are_removable_and_exclusive(models, rows) -> None:
         assert not hasattr(unet, HOOK_ATTRIBUTE)  # nothing to apply: no hooks at all
 
 
-def test_rows_sharing_a_lora_share_its_slot_and_dyn_gets_its_own(models, nets) -> None:
+def test_rows_sharing_a_lora_share_its_columns_and_dyn_gets_its_own(models, nets) -> None:
     unet = models[0]
     x = nets["kohya_r4_a2"]
     batch = build_lora_batch(unet, "unet", [[(x, 1.0)], [(x, 0.5)], [], [(x, 1.0, None, 2)], [(x, 0.5), (x, 0.25)]])
     plan = batch.plans["down_blocks.1.attentions.0.proj_in"]
     assert plan.rows.tolist() == [0, 1, 3, 4]
-    assert plan.down.shape[0] == 4 + 2  # rank 4 shared by rows 0, 1, 4 and the dyn-2 slot of row 3
+    assert plan.down.shape[0] == plan.up_t.shape[0] == 4 + 2  # rank 4 shared by rows 0, 1, 4; the dyn-2 slot of row 3
+    assert plan.col_index.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 0, 0], [0, 1, 2, 3]]
     scale = x.modules["unet.down_blocks.1.attentions.0.proj_in"].scale
-    assert plan.rank_scale[:, 0].tolist() == pytest.approx([scale, 0.5 * scale, 0.0, 0.75 * scale])
-    assert plan.rank_scale[:, 4].tolist() == pytest.approx([0.0, 0.0, scale, 0.0])
+    assert plan.col_scale[:, 0].tolist() == pytest.approx([scale, 0.5 * scale, scale, 0.75 * scale])
+    assert plan.col_scale[2].tolist() == pytest.approx([scale, scale, 0.0, 0.0])  # padding columns count 0
