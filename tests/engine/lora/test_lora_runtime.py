@@ -19,7 +19,7 @@ from engine.lora.batch import LoraUse, as_use, build_lora_batch, te_lora_key
 from engine.lora.hooks import HOOK_ATTRIBUTE, activate, deactivate, lora_batch_active, table_for_models
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "lora"
-TOLERANCE = 1e-5  # relative to the row's max |output|; measured worst is ~2e-6 (docs/lora.md)
+TOLERANCE = 1e-5  # relative to the row's max |output|; measured worst is 3.6e-6 (docs/lora.md)
 STEMS = ("pub_kohya_r4_a2", "pub_locon_kohya_r4c2", "pub_loha_r4_a2", "pub_full_and_norm", "pub_locon_tucker_r4",
          "pub_dora_r4", "pub_lokr_w1_w2lr")
 
@@ -71,12 +71,12 @@ def test_each_unet_row_equals_its_loras_merged_and_run_alone(models, rows, merge
             assert rel(mixed[i:i + 1], run_unet(unet, sample[i:i + 1], t, context[i:i + 1])) > 1e-3, i
 
 
-def test_a_row_alone_with_hooks_equals_merged_weights_tightly(models, rows, merge, rel) -> None:
+def test_a_row_alone_with_hooks_equals_merged_weights(models, rows, merge, rel) -> None:
     unet = models[0]
     sample, t, context = unet_inputs(1)
-    for row in rows[2:4] + rows[5:]:
+    for i, row in enumerate(rows):
         hooked = run_unet(unet, sample, t, context, build_lora_batch(unet, "unet", [row]))
-        assert rel(hooked, run_unet(merge(unet, "unet", row), sample, t, context)) <= 2e-6
+        assert rel(hooked, run_unet(merge(unet, "unet", row), sample, t, context)) <= TOLERANCE, i
 
 
 def test_each_text_encoder_row_and_its_conditioning_key(models, rows, merge, rel) -> None:
