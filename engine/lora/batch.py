@@ -100,6 +100,11 @@ class ModulePlan:
     dense_mult: torch.Tensor | None = None
     bias: torch.Tensor | None = None
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (inputs of another dtype, e.g. under autocast, are cast to it)."""
+        return (self.down if self.down is not None else self.dense).dtype
+
 
 @dataclass
 class LoraBatch:
@@ -108,13 +113,13 @@ class LoraBatch:
     part: str
     rows: int
     plans: dict[str, ModulePlan] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)  # "lora: module" pairs whose update does not fit
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (LoRA name, module) whose update does not fit
 
     @property
     def warnings(self) -> list[str]:
+        """One line per LoRA with skipped modules, as A1111's "Networks with errors" (for the result)."""
         counts: dict[str, int] = {}
-        for entry in self.skipped:
-            lora = entry.split(": ", 1)[0]
+        for lora, _ in self.skipped:
             counts[lora] = counts.get(lora, 0) + 1
         return [f"LoRA {lora}: {n} module(s) skipped, their update does not fit this model" for lora, n in counts.items()]
 
@@ -161,10 +166,14 @@ def _collect(part: str, rows: Sequence[RowLoras]) -> dict[str, dict[tuple, _Slot
     return slots
 
 
-def _weight_before(weight: torch.Tensor, prefix: Sequence[tuple[LoraModule, float, int | None]]) -> torch.Tensor:
-    """The weight after a row's earlier networks, merged one after another as A1111 does (float32)."""
-    merged = weight.float()
-    for module, m, dyn in prefix:
+def _weight_before(slot: _Slot, weight: torch.Tensor) -> torch.Tensor:
+    """The weight a slot's update is computed from: for (IA)³ / DoRA, the model's weight after the row's
+    earlier networks, merged one after another as A1111 does (float32, on the network's device); the other
+    types only read its shape."""
+    if not slot.module.needs_weight:
+        return weight
+    merged = weight.detach().to(device=slot.module.device, dtype=torch.float32)
+    for module, m, dyn in slot.prefix:
         delta = unit_delta(module, merged, dyn)
         if delta is not None:
             merged = merged + delta.float() * m
@@ -180,12 +189,12 @@ def _plain_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
 
 
-def _plan(kind: str, module: nn.Module, slots: Sequence[_Slot], n_rows: int, dtype: torch.dtype,
-          skipped: list[str]) -> ModulePlan | None:
-    weight = module.weight.detach()
-    device = weight.device
-    low: list[tuple[_Slot, torch.Tensor, torch.Tensor]] = []
-    dense: list[tuple[_Slot, torch.Tensor, torch.Tensor | None]] = []
+def _split(kind: str, module: nn.Module, slots: Sequence[_Slot], skipped: list[tuple[str, str]]
+           ) -> tuple[list[tuple[_Slot, torch.Tensor, torch.Tensor]], list[tuple[_Slot, torch.Tensor, torch.Tensor | None]]]:
+    """The slots as (slot, down, up) factors where the update is exactly low-rank for this module, else as
+    (slot, delta at multiplier 1, bias update); updates that do not fit the weight go to ``skipped``."""
+    weight = module.weight
+    low, dense = [], []
     for slot in slots:
         fac = None
         if kind == LINEAR or (kind == CONV and _plain_conv(module)):
@@ -194,46 +203,64 @@ def _plan(kind: str, module: nn.Module, slots: Sequence[_Slot], n_rows: int, dty
             if fac[0].shape[0] > 0:  # dyn 0 keeps no rank: no update
                 low.append((slot, *fac))
             continue
-        delta = unit_delta(slot.module, _weight_before(weight, slot.prefix), slot.dyn)
+        delta = unit_delta(slot.module, _weight_before(slot, weight), slot.dyn)
         if delta is None:
-            skipped.append(f"{slot.lora.name}: {slot.module.target}")
-            continue
-        dense.append((slot, delta, slot.module.bias_update(weight.shape[0])))
-    used = [entry[0] for entry in low] + [entry[0] for entry in dense]
-    active = sorted({r for slot in used for r in slot.mult})
+            skipped.append((slot.lora.name, slot.module.target))
+        else:
+            dense.append((slot, delta, slot.module.bias_update(weight.shape[0])))
+    return low, dense
+
+
+def _low_rank(plan: ModulePlan, low: Sequence[tuple[_Slot, torch.Tensor, torch.Tensor]], position: dict[int, int],
+              put: dict) -> None:
+    """Stack the factors; per active row, the rank columns it uses and their scale × multiplier."""
+    plan.down = torch.cat([down for _, down, _ in low]).to(**put)
+    plan.up_t = torch.cat([up for _, _, up in low], dim=1).t().contiguous().to(**put)
+    columns: list[list[tuple[int, float]]] = [[] for _ in position]
+    start = 0
+    for slot, down, _ in low:
+        for r, m in slot.mult.items():
+            columns[position[r]].extend((start + c, m * slot.module.scale) for c in range(down.shape[0]))
+        start += down.shape[0]
+    width = max(len(cols) for cols in columns)
+    index = torch.zeros(len(columns), width, dtype=torch.long)
+    scale = torch.zeros(len(columns), width, dtype=torch.float64)
+    for i, cols in enumerate(columns):
+        if cols:
+            index[i, :len(cols)] = torch.tensor([c for c, _ in cols])
+            scale[i, :len(cols)] = torch.tensor([v for _, v in cols], dtype=torch.float64)
+    plan.col_index, plan.col_scale = index.to(put["device"]), scale.to(**put)
+
+
+def _materialised(plan: ModulePlan, dense: Sequence[tuple[_Slot, torch.Tensor, torch.Tensor | None]],
+                  position: dict[int, int], out_features: int, put: dict) -> None:
+    """Stack the deltas (and bias updates, zeros where a slot has none); per active row, each slot's multiplier."""
+    plan.dense = torch.stack([delta for _, delta, _ in dense]).to(**put)
+    mult = torch.zeros(len(position), len(dense), dtype=torch.float64)
+    for k, (slot, _, _) in enumerate(dense):
+        for r, m in slot.mult.items():
+            mult[position[r], k] = m
+    plan.dense_mult = mult.to(**put)
+    if any(b is not None for _, _, b in dense):
+        zeros = torch.zeros(out_features, dtype=torch.float32)
+        plan.bias = torch.stack([zeros if b is None else b.float().cpu() for _, _, b in dense]).to(**put)
+
+
+def _plan(kind: str, module: nn.Module, slots: Sequence[_Slot], n_rows: int, dtype: torch.dtype,
+          skipped: list[tuple[str, str]]) -> ModulePlan | None:
+    low, dense = _split(kind, module, slots, skipped)
+    active = sorted({r for slot, *_ in [*low, *dense] for r in slot.mult})
     if not active:
         return None
-    position = {r: i for i, r in enumerate(active)}
+    device = module.weight.device
     rows = None if len(active) == n_rows else torch.tensor(active, dtype=torch.long, device=device)
     plan = ModulePlan(kind=kind, rows=rows, n_active=len(active))
+    position = {r: i for i, r in enumerate(active)}
     put = {"device": device, "dtype": dtype}
     if low:
-        plan.down = torch.cat([down for _, down, _ in low]).to(**put)
-        plan.up_t = torch.cat([up for _, _, up in low], dim=1).t().contiguous().to(**put)
-        columns: list[list[tuple[int, float]]] = [[] for _ in active]
-        start = 0
-        for slot, down, _ in low:
-            for r, m in slot.mult.items():
-                columns[position[r]].extend((start + c, m * slot.module.scale) for c in range(down.shape[0]))
-            start += down.shape[0]
-        width = max(len(cols) for cols in columns)
-        index = torch.zeros(len(active), width, dtype=torch.long)
-        scale = torch.zeros(len(active), width, dtype=torch.float64)
-        for i, cols in enumerate(columns):
-            if cols:
-                index[i, :len(cols)] = torch.tensor([c for c, _ in cols])
-                scale[i, :len(cols)] = torch.tensor([v for _, v in cols], dtype=torch.float64)
-        plan.col_index, plan.col_scale = index.to(device), scale.to(**put)
+        _low_rank(plan, low, position, put)
     if dense:
-        plan.dense = torch.stack([delta for _, delta, _ in dense]).to(**put)
-        mult = torch.zeros(len(active), len(dense), dtype=torch.float64)
-        for k, (slot, _, _) in enumerate(dense):
-            for r, m in slot.mult.items():
-                mult[position[r], k] = m
-        plan.dense_mult = mult.to(**put)
-        if any(b is not None for _, _, b in dense):
-            zeros = torch.zeros(weight.shape[0], dtype=torch.float32)
-            plan.bias = torch.stack([zeros if b is None else b.float() for _, _, b in dense]).to(**put)
+        _materialised(plan, dense, position, module.weight.shape[0], put)
     return plan
 
 

@@ -114,7 +114,7 @@ def module_update(plan: ModulePlan, module: nn.Module, x: torch.Tensor) -> torch
 
 def _hook(plan: ModulePlan, rows: int):
     def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
+        x = args[0] if args[0].dtype == plan.dtype else args[0].to(plan.dtype)
         if x.shape[0] != rows:
             raise RuntimeError(f"LoRA batch was built for {rows} rows, {type(module).__name__} got {x.shape[0]}")
         if plan.rows is None:

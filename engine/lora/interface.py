@@ -1,7 +1,7 @@
 """The functions the shared parity checker calls (shared/tools/check_lora.py), as A1111 1.8 computes them.
 
 Why a separate module: these answer "what update does A1111 put on this one weight", module by module,
-which is what parity is checked on; the engine itself never merges and uses ``runtime`` instead.  They are
+which is what parity is checked on; the engine itself never merges and uses ``batch``/``hooks`` instead.  They are
 exact for A1111 at the fixture commit, so ``load`` ignores DoRA magnitudes (A1111 1.8 has no DoRA) and
 computes non-LoRA types in the file's dtype; the engine's loader applies DoRA and computes in float32.
 """

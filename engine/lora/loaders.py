@@ -34,7 +34,7 @@ def load_lora_safetensors(path: str | os.PathLike[str], *, name: str | None = No
     """The engine's loader: one ``.safetensors`` LoRA file (no pickle, whatever the name says).
 
     ``key`` should be the file's content hash (the registry's name for it): it identifies the network in
-    conditioning-cache keys.  ``table`` is the model's module table (``runtime.table_for_models``);
+    conditioning-cache keys.  ``table`` is the model's module table (``hooks.table_for_models``);
     without one, SD1.x's layout is assumed.
     """
     name = name or _stem(path)

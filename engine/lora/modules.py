@@ -18,6 +18,7 @@ exactly no change).  A1111 1.8 ignores ``M``; the parser drops it in that mode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,8 +71,17 @@ class LoraModule:
 
     @property
     def needs_weight(self) -> bool:
-        """True when the update depends on the module's own weight ((IA)³, DoRA)."""
+        """True when the update depends on the module's own weight ((IA)³, DoRA); the others use its shape."""
         return self.dora_scale is not None
+
+    @property
+    def device(self) -> torch.device:
+        """Where this module's tensors live (and its update is computed)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                return value.device
+        return torch.device("cpu")
 
     def update(self, weight: torch.Tensor, dyn: int | None = None) -> torch.Tensor | None:
         """``reshape(U, W.shape)`` before scale and multiplier, or None when it does not fit the weight."""

@@ -180,7 +180,7 @@ class ModuleEntry:
 class ModuleTable:
     """A1111 layer name -> module of one model, the lookup A1111's key rules run against.
 
-    Build it from the model's modules (``engine.lora.runtime.table_for_models``) or, without a model,
+    Build it from the model's modules (``engine.lora.hooks.table_for_models``) or, without a model,
     use :func:`sd1_table` (SD1.x's layout).  Our names CompVis lacks (diffusers-only containers) are left out.
     """
 

@@ -1,7 +1,7 @@
 """A parsed LoRA-family file: its modules by our module name, what it ignored, and what to tell the user.
 
 Why a separate, inert record: the parser decides (A1111's rules), the checker interface and the per-row
-runtime only read.  Identity matters: rows sharing a LoRA are grouped by object, and ``key`` (the content
+batch only read.  Identity matters: rows sharing a LoRA are grouped by object, and ``key`` (the content
 hash the engine passes, else the name) is what conditioning caches use.
 """
 

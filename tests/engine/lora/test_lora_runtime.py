@@ -151,3 +151,28 @@ def test_rows_sharing_a_lora_share_its_columns_and_dyn_gets_its_own(models, nets
     scale = x.modules["unet.down_blocks.1.attentions.0.proj_in"].scale
     assert plan.col_scale[:, 0].tolist() == pytest.approx([scale, 0.5 * scale, scale, 0.75 * scale])
     assert plan.col_scale[2].tolist() == pytest.approx([scale, scale, 0.0, 0.0])  # padding columns count 0
+
+
+def test_a_misfit_update_is_skipped_and_an_equal_count_one_is_reshaped(models, rel) -> None:
+    unet = models[0]
+    name = "down_blocks.1.attentions.0.proj_in"
+    conv = unet.get_submodule(name)  # Conv2d 16 -> 16, 1x1
+    base = "lora_unet_" + name.replace(".", "_")
+    gen = torch.Generator().manual_seed(11)
+    misfit = lora.parse_state_dict({f"{base}.lora_up.weight": torch.randn(8, 2, generator=gen),
+                                    f"{base}.lora_down.weight": torch.randn(2, 8, generator=gen)}, "misfit")
+    reshaped = lora.parse_state_dict({f"{base}.lora_up.weight": torch.randn(4, 2, generator=gen),
+                                      f"{base}.lora_down.weight": torch.randn(2, 64, generator=gen)}, "reshaped")
+    batch = build_lora_batch(unet, "unet", [[(misfit, 1.0)], [(reshaped, 0.5)]])
+    assert batch.skipped == [("misfit", f"unet.{name}")]
+    assert batch.warnings == ["LoRA misfit: 1 module(s) skipped, their update does not fit this model"]
+    plan = batch.plans[name]
+    assert plan.down is None and plan.dense is not None and plan.rows.tolist() == [1]
+    x = torch.randn(2, 16, 4, 4, generator=gen)
+    with torch.no_grad():
+        with lora_batch_active(unet, batch):
+            got = conv(x)
+        plain = conv(x)
+        weight = conv.weight + lora.layer_delta(reshaped, f"unet.{name}", conv.weight, 0.5)
+        assert torch.equal(got[0], plain[0])
+        assert rel(got[1:], F.conv2d(x[1:], weight, conv.bias)) <= 1e-6
