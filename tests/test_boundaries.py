@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Engine modules that run inside the worker or the intake sandbox (or are the render CLI) and may import torch.
 TORCH_ALLOWED = {"worker", "pipeline", "tiny", "samplers", "checkpoints", "intake_sandbox", "__main__"}
-TORCH_ALLOWED_PREFIXES = ("hypernet",)
+TORCH_ALLOWED_PREFIXES = ("hypernet", "sampling")
 HEAVY = ("torch", "diffusers", "transformers", "safetensors.torch", "numpy")
 
 
@@ -31,7 +31,7 @@ def torch_free_engine_modules() -> list[str]:
     names = []
     for name in module_names("engine"):
         stem = name.rsplit(".", 1)[-1]
-        if stem in TORCH_ALLOWED or stem.startswith(TORCH_ALLOWED_PREFIXES):
+        if stem in TORCH_ALLOWED or any(part.startswith(TORCH_ALLOWED_PREFIXES) for part in name.split(".")[1:]):
             continue
         names.append(name)
     return names
