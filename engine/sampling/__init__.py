@@ -16,7 +16,7 @@ Two ways in:
 from engine.sampling.cfg import GuidedModel, ModelFn, ModelRows, RowGuidance, combine_guidance
 from engine.sampling.control import Evaluation, OnStep, SamplingCancelled, ShouldStop, StepReport
 from engine.sampling.noise_plan import NoiseNeeds, NoisePlan, NoiseStream
-from engine.sampling.plan import SamplingPlan, plan_sampling
+from engine.sampling.plan import SamplingPlan, evaluation_counts, plan_sampling, sd_alphas_cumprod
 from engine.sampling.reference import batch_rows, initial_noise, sample, sigmas
 from engine.sampling.sources import NOISE_SOURCES, make_generator
 from engine.sampling.start_noise import RowSeed
@@ -39,9 +39,11 @@ __all__ = [
     "StepReport",
     "batch_rows",
     "combine_guidance",
+    "evaluation_counts",
     "initial_noise",
     "make_generator",
     "plan_sampling",
     "sample",
+    "sd_alphas_cumprod",
     "sigmas",
 ]

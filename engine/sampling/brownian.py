@@ -7,8 +7,10 @@ A1111 changes one thing: torchsde's internal normal draws come from a *fresh* ge
 installs one dispatcher that uses the source of the tree being built or queried (a context variable) and falls
 back to torchsde's own behaviour otherwise, leaving every other torchsde user unaffected.
 
-The trees live on the CPU; increments are moved to the device by the caller.  A tree is seeded with the image's
-seed (not seed + ENSD) and spans [smallest positive sigma, largest sigma] of the schedule.
+Trees of CPU- and NV-source images live on the CPU (their draws are made there anyway; the bridge arithmetic is
+IEEE-exact elementwise, so the numbers equal A1111's device-side trees); trees of GPU-source images live on the
+device, as A1111's do, so that no draw crosses to the host.  A tree is seeded with the image's seed (not seed +
+ENSD) and spans [smallest positive sigma, largest sigma] of the schedule.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torchsde
 from torchsde._brownian import brownian_interval
 
-from engine.sampling.sources import make_generator
+from engine.sampling.sources import make_generator, move_to
 
 __all__ = ["BrownianNoise"]
 
@@ -57,7 +59,7 @@ class BrownianNoise:
     """Per-image Brownian trees over one sigma span; ``__call__(sigma, sigma_next)`` is k-diffusion's noise sampler.
 
     ``sigma_min``/``sigma_max`` are 0-dim float32 tensors (the schedule's smallest positive and largest sigma).
-    ``device`` is where GPU-source draws are made (the trees themselves stay on the CPU).
+    ``device`` is the sampling device: GPU-source trees live there, the others on the CPU.
     """
 
     def __init__(self, seeds: Sequence[int], sources: Sequence[str], shape: tuple[int, ...], sigma_min: torch.Tensor,
@@ -65,19 +67,20 @@ class BrownianNoise:
         self.sources = list(sources)
         self.device = torch.device(device)
         self.t0, self.t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
-        w0 = torch.zeros(shape, dtype=torch.float32)
         self.trees = []
         for seed, source in zip(seeds, self.sources, strict=True):
+            w0 = torch.zeros(shape, dtype=torch.float32, device=self.device if source == "GPU" else "cpu")
             with _drawing_from(source, self.device):
                 self.trees.append(torchsde.BrownianTree(self.t0, w0, self.t1, entropy=int(seed)))
 
-    def increments(self, sigma: torch.Tensor, sigma_next: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
-        """(rows, *shape): each image's normalised increment between two sigmas (0-dim float32 tensors)."""
+    def increments(self, sigma: torch.Tensor, sigma_next: torch.Tensor, device: torch.device | str = "cpu",
+                   rows: Sequence[int] | None = None) -> torch.Tensor:
+        """(rows, *shape) on ``device``: each image's normalised increment between two sigmas (0-dim float32)."""
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
-        picked = range(len(self.trees)) if rows is None else rows
+        out = torch.device(device)
         parts = []
-        for i in picked:
+        for i in range(len(self.trees)) if rows is None else rows:
             with _drawing_from(self.sources[i], self.device):
-                parts.append(self.trees[i](lo, hi))
+                parts.append(move_to(self.trees[i](lo, hi), out))
         return torch.stack(parts) * sign / (b - a).abs().sqrt()

@@ -40,6 +40,7 @@ class ModelRows:
     parts: tuple[int, ...]
     conds: int
     index: torch.Tensor
+    active: torch.Tensor               # the batch rows evaluated (device tensor), in the order of the results
     # Per AND part: (its model rows, their rows' positions among the unconds or None for "all, in order",
     # weight * scale per model row as float32 of the Python-float product, A1111's rounding).
     groups: tuple[tuple[torch.Tensor | slice, torch.Tensor | None, torch.Tensor], ...]
@@ -70,7 +71,7 @@ def _layout(guidance: Sequence[RowGuidance], active: Sequence[int], device: torc
             groups.append((torch.tensor(picked, device=device), torch.tensor(owners, device=device), factor))
     all_rows = tuple(rows) + tuple(active)
     return ModelRows(all_rows, tuple(parts) + (-1,) * len(active), conds, torch.tensor(all_rows, device=device),
-                     tuple(groups))
+                     torch.tensor(list(active), device=device), tuple(groups))
 
 
 def combine_guidance(out: torch.Tensor, layout: ModelRows) -> torch.Tensor:
@@ -84,6 +85,11 @@ def combine_guidance(out: torch.Tensor, layout: ModelRows) -> torch.Tensor:
             result = result.clone() if result is uncond else result
             result[owners] = result[owners] + (out[picked] - uncond[owners]) * factor
     return result
+
+
+def _filled(n: int, value: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """(n,) float32 on ``device`` holding a host scalar: filled there, so no host-to-device copy per evaluation."""
+    return torch.full((n,), float(torch.as_tensor(value, dtype=torch.float32)), dtype=torch.float32, device=device)
 
 
 class GuidedModel:
@@ -115,12 +121,12 @@ class GuidedModel:
             self._layouts[key] = _layout(self.guidance, self.active, device)
         return at, self._layouts[key]
 
-    def _finish(self, x: torch.Tensor, combined: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, layout: ModelRows, combined: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         self.evaluations += 1
         if len(self.active) == x.shape[0]:
             return combined
         full = fill.clone()
-        full[torch.tensor(self.active, device=x.device)] = combined
+        full[layout.active] = combined
         return full
 
     def denoised(self, x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
@@ -131,15 +137,14 @@ class GuidedModel:
         x_rows = x.index_select(0, layout.index)
         n = x_rows.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        t = self.view.sigma_to_t(sigma).expand(n).to(x.device)
+        t = _filled(n, self.view.sigma_to_t(sigma), x.device)
         eps = self.model(x_rows * self.view.c_in(sigma), t, layout, at).float()
         out = x_rows + eps * -sigma
-        return self._finish(x, combine_guidance(out, layout), x)
+        return self._finish(x, layout, combine_guidance(out, layout), x)
 
     def eps(self, x: torch.Tensor, t: torch.Tensor | float, step: int) -> torch.Tensor:
         """CFG-combined eps(x, t) for every row; ``t`` is the model timestep (a float or 0-dim tensor)."""
         at, layout = self._begin(step, x.device)
         x_rows = x.index_select(0, layout.index)
-        t_rows = (torch.as_tensor(t, dtype=torch.float32) * torch.ones(x_rows.shape[0])).to(x.device)
-        out = self.model(x_rows, t_rows, layout, at).float()
-        return self._finish(x, combine_guidance(out, layout), torch.zeros_like(x))
+        out = self.model(x_rows, _filled(x_rows.shape[0], t, x.device), layout, at).float()
+        return self._finish(x, layout, combine_guidance(out, layout), torch.zeros_like(x))

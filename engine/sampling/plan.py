@@ -21,7 +21,7 @@ from engine.sampling.schedules import DiscreteSigmas, schedule_sigmas, timestep_
 from engine.sampling.timestep_samplers import TRun, ddim, plms
 from engine.sampling.unipc import unipc
 
-__all__ = ["SamplingPlan", "plan_sampling"]
+__all__ = ["SamplingPlan", "evaluation_counts", "plan_sampling", "sd_alphas_cumprod"]
 
 _NEXT_IS_ZERO = ("heun", "dpm_2", "dpmpp_sde")        # second order, but a plain Euler step onto sigma 0
 _DOWN_IS_ZERO = ("dpm_2_ancestral", "dpmpp_2s_ancestral")  # ... onto sigma_down 0
@@ -109,7 +109,7 @@ class SamplingPlan:
         return GuidedModel(model, guidance, should_stop=should_stop, view=self.view)
 
     def draw_noise(self, rows: Sequence, shape: tuple[int, int, int], device: torch.device | str = "cpu", *,
-                   precompute_brownian: bool = True) -> NoisePlan:
+                   precompute_brownian: bool | None = None) -> NoisePlan:
         """Every row's noise for this run (``rows``: :class:`~engine.sampling.start_noise.RowSeed` per row)."""
         return NoisePlan.draw(rows, shape, self.noise_needs, device, precompute_brownian=precompute_brownian)
 
@@ -150,3 +150,19 @@ def plan_sampling(sampler: str | SamplerSpec, schedule: str, steps: int, alphas_
         span = (sigmas[sigmas > 0].min(), sigmas.max())
         needs = NoiseNeeds(0, _brownian_queries(spec.algorithm, sigmas), span)
     return SamplingPlan(spec, concrete, steps, view, sigmas, None, _k_evaluations(spec.algorithm, sigmas), needs)
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """Stable Diffusion 1.x/2.x's alphas_cumprod (ldm's scaled-linear betas, float64 cumprod, stored float32)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0).float()
+
+
+def evaluation_counts(sampler: str | SamplerSpec, steps: int, schedule: str = "Automatic",
+                      alphas_cumprod: torch.Tensor | None = None) -> tuple[int, ...]:
+    """Model evaluations per sampler step (their sum is the run's total), without a checkpoint at hand.
+
+    The counts depend on the checkpoint only through its noise schedule; None means SD's.
+    """
+    ac = sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    return plan_sampling(sampler, schedule, steps, ac).evaluations_per_step

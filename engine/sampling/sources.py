@@ -21,7 +21,7 @@ import torch
 
 from engine.sampling.philox import PhiloxGenerator
 
-__all__ = ["NOISE_SOURCES", "RowGenerator", "make_generator"]
+__all__ = ["NOISE_SOURCES", "RowGenerator", "make_generator", "move_to"]
 
 NOISE_SOURCES: tuple[str, ...] = ("CPU", "NV", "GPU")
 
@@ -61,6 +61,15 @@ class _PhiloxRowGenerator:
 
     def draws(self, count: int, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.from_numpy(self.philox.randn_many(count, shape))
+
+
+def move_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; host-to-CUDA copies go through pinned memory without blocking (no sync with the GPU)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def make_generator(source: str, seed: int, device: torch.device | str = "cpu") -> RowGenerator:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.sampling import plan_sampling
+from engine.sampling import evaluation_counts, plan_sampling, sd_alphas_cumprod
 from engine.sampling.schedules import DiscreteSigmas, schedule_sigmas, timestep_grid
 
 
@@ -61,3 +61,9 @@ def test_out_of_range_steps_are_refused(alphas_cumprod):
     for steps in (0, 1001):
         with pytest.raises(ValueError, match="steps"):
             plan_sampling("Euler", "Automatic", steps, alphas_cumprod)
+
+
+def test_evaluation_counts_without_a_checkpoint(alphas_cumprod):
+    assert torch.equal(sd_alphas_cumprod(), alphas_cumprod)    # the references' model uses SD's schedule
+    assert evaluation_counts("DPM++ SDE Karras", 20) == (2,) * 19 + (1,)
+    assert sum(evaluation_counts("PLMS", 20)) == 20 and evaluation_counts("Euler a", 20, "Karras") == (1,) * 20
