@@ -13,7 +13,7 @@ Two ways in:
   and a stop/drop check before every model evaluation).
 """
 
-from engine.sampling.cfg import GuidedModel, ModelFn, ModelRows, RowGuidance, combine_guidance
+from engine.sampling.cfg import GuidedModel, ModelFn, ModelRows, RowGuidance, combine_guidance, model_rows
 from engine.sampling.control import Evaluation, OnStep, SamplingCancelled, ShouldStop, StepReport
 from engine.sampling.noise_plan import NoiseNeeds, NoisePlan, NoiseStream
 from engine.sampling.plan import SamplingPlan, evaluation_counts, plan_sampling, sd_alphas_cumprod
@@ -42,6 +42,7 @@ __all__ = [
     "evaluation_counts",
     "initial_noise",
     "make_generator",
+    "model_rows",
     "plan_sampling",
     "sample",
     "sd_alphas_cumprod",

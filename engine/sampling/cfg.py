@@ -20,7 +20,7 @@ import torch
 from engine.sampling.control import Evaluation, ShouldStop, apply_stop
 from engine.sampling.schedules import DiscreteSigmas
 
-__all__ = ["GuidedModel", "ModelFn", "ModelRows", "RowGuidance", "combine_guidance"]
+__all__ = ["GuidedModel", "ModelFn", "ModelRows", "RowGuidance", "combine_guidance", "model_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,10 @@ class RowGuidance:
 
     scale: float
     weights: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            raise ValueError("a row's prompt has at least one part (weights must not be empty)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,7 +55,9 @@ class ModelRows:
 ModelFn = Callable[[torch.Tensor, torch.Tensor, ModelRows, Evaluation], torch.Tensor]
 
 
-def _layout(guidance: Sequence[RowGuidance], active: Sequence[int], device: torch.device) -> ModelRows:
+def model_rows(guidance: Sequence[RowGuidance], active: Sequence[int], device: torch.device | str = "cpu") -> ModelRows:
+    """The model rows for the ``active`` batch rows (A1111's order), with what :func:`combine_guidance` needs."""
+    device = torch.device(device)
     rows, parts, factors = [], [], []
     for row in active:
         for part, weight in enumerate(guidance[row].weights):
@@ -118,7 +124,7 @@ class GuidedModel:
             self.active = apply_stop(self.should_stop(at), self.active)
         key = (tuple(self.active), device)
         if key not in self._layouts:
-            self._layouts[key] = _layout(self.guidance, self.active, device)
+            self._layouts[key] = model_rows(self.guidance, self.active, device)
         return at, self._layouts[key]
 
     def _finish(self, x: torch.Tensor, layout: ModelRows, combined: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:

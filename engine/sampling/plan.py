@@ -18,6 +18,7 @@ from engine.sampling.cfg import GuidedModel, ModelFn, RowGuidance
 from engine.sampling.control import OnStep, ShouldStop, StepReport
 from engine.sampling.noise_plan import NoiseNeeds, NoisePlan
 from engine.sampling.schedules import DiscreteSigmas, schedule_sigmas, timestep_grid
+from engine.sampling.start_noise import RowSeed
 from engine.sampling.timestep_samplers import TRun, ddim, plms
 from engine.sampling.unipc import unipc
 
@@ -108,9 +109,9 @@ class SamplingPlan:
         """The CFG-guided model for this run (it needs the model's sigma view for k-diffusion samplers)."""
         return GuidedModel(model, guidance, should_stop=should_stop, view=self.view)
 
-    def draw_noise(self, rows: Sequence, shape: tuple[int, int, int], device: torch.device | str = "cpu", *,
+    def draw_noise(self, rows: Sequence[RowSeed], shape: tuple[int, int, int], device: torch.device | str = "cpu", *,
                    precompute_brownian: bool | None = None) -> NoisePlan:
-        """Every row's noise for this run (``rows``: :class:`~engine.sampling.start_noise.RowSeed` per row)."""
+        """Every row's noise for this run, one :class:`RowSeed` per row (see :meth:`NoisePlan.draw`)."""
         return NoisePlan.draw(rows, shape, self.noise_needs, device, precompute_brownian=precompute_brownian)
 
     def run(self, guided: GuidedModel, noise: NoisePlan, on_step: OnStep | None = None) -> torch.Tensor:

@@ -85,8 +85,7 @@ def test_one_report_per_step_and_one_stop_check_per_evaluation(sampler, steps, t
 
 def test_cfg_combines_and_parts_one_after_another():
     guidance = [RowGuidance(7.0), RowGuidance(3.0, (0.6, -0.2, 0.5)), RowGuidance(2.5, (1.0, 0.25))]
-    model = sampling.GuidedModel(lambda x, t, rows, at: x, guidance)
-    layout = model._begin(0, torch.device("cpu"))[1]
+    layout = sampling.model_rows(guidance, [0, 1, 2])
     assert layout.rows == (0, 1, 1, 1, 2, 2, 0, 1, 2) and layout.parts == (0, 0, 1, 2, 0, 1, -1, -1, -1)
     out = torch.randn(9, 2, generator=torch.Generator().manual_seed(5)).double().float()
     got = sampling.combine_guidance(out.view(9, 2, 1, 1), layout).view(3, 2)
