@@ -1,15 +1,18 @@
-"""A1111 sampler names and the diffusers schedulers that implement them.
+"""A1111 1.8 sampler names and schedule types, what each name means, and (for now) a diffusers stand-in.
 
 Torch-free on purpose: the bot imports this to offer the sampler choices and to reject unknown names before a job is
-queued; the worker (``engine.pipeline.make_scheduler``) turns a :class:`SamplerSpec` into a scheduler.
+queued.  Two consumers read a :class:`SamplerSpec`:
 
-Names are A1111's, including the pre-1.9 names that carry the schedule ("DPM++ 2M Karras"); A1111 1.9+ still reads
-those when an image's parameters are pasted.  The k-diffusion family uses evenly spaced ("linspace") timesteps from
-the last training step down, which is how A1111's default schedule discretizes; DDIM and PLMS keep the
-checkpoint's own spacing, as A1111's CompVis samplers do.
+* ``engine.sampling`` (the A1111-exact sampler) reads ``algorithm``, ``family``, ``default_schedule``,
+  ``discard_penultimate_sigma`` and ``second_order`` — the facts A1111's sampler table records for each name;
+* ``engine.pipeline.make_scheduler`` (the older diffusers path, kept until the new sampler is wired in) reads
+  ``scheduler_class``, ``options`` and ``noise``.  Names diffusers has no exact match for get the nearest scheduler.
 
-How a sampler draws noise matters for per-image seeds inside a batch (see ``noise``): each image has its own
-``torch.Generator`` (or Brownian tree seed), so an image is the same alone or batched with others.
+Names are A1111 1.8's, including the names that carry the schedule ("DPM++ 2M Karras" = DPM++ 2M with the Karras
+schedule); A1111 1.9+ still reads those when an image's parameters are pasted, and writes the base name plus a
+"Schedule type" field instead, which :func:`resolve_sampler_and_schedule` combines the same way.
+A1111 1.8 also lists DPM fast, DPM adaptive, Restart and LCM; they are not implemented here (see
+``UNSUPPORTED_A1111_SAMPLERS``) and resolve to a clear error rather than to a different sampler.
 """
 
 from __future__ import annotations
@@ -19,20 +22,45 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "SAMPLER_NAMES", "SamplerSpec", "UnknownSampler", "resolve_sampler"]
+__all__ = [
+    "DEFAULT_SAMPLER",
+    "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SCHEDULE_TYPES",
+    "UNSUPPORTED_A1111_SAMPLERS",
+    "SamplerSpec",
+    "UnknownSampler",
+    "UnknownSchedule",
+    "UnsupportedSampler",
+    "resolve_sampler",
+    "resolve_sampler_and_schedule",
+    "resolve_schedule",
+]
 
 NoiseKind = Literal["none", "generator", "brownian"]
+Family = Literal["k-diffusion", "timesteps"]
+
+#: A1111's schedule types ("Automatic" = the one the sampler name implies, Uniform for names without a suffix).
+SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform")
+#: Names A1111 1.8 lists that this project does not implement (their maths is not in docs/a1111-sampling.md).
+UNSUPPORTED_A1111_SAMPLERS: tuple[str, ...] = ("DPM fast", "DPM adaptive", "Restart", "LCM")
 
 
 @dataclass(frozen=True, slots=True)
 class SamplerSpec:
-    """How to build one A1111 sampler from a checkpoint's scheduler config.
+    """One A1111 sampler name and what it means.
 
-    ``scheduler_class`` is a class name in ``diffusers``; ``options`` override the checkpoint's scheduler config.
-    ``noise``: "none" (deterministic given the start latents), "generator" (the scheduler's ``step()`` draws noise
-    from the per-image generators passed to it) or "brownian" (a Brownian tree seeded per image).
-    ``unet_calls_per_step``: 2 for second-order samplers (Heun, DPM2, DPM++ SDE) — a step costs two UNet passes.
-    ``schedule_type``: what A1111 1.9+ writes as "Schedule type" for the pre-1.9 combined names.
+    For ``engine.sampling``: ``algorithm`` names the update rule (k-diffusion's function name without ``sample_``,
+    or ``ddim``/``plms``/``unipc``); ``family`` is "k-diffusion" (sigma schedule, CFG on the denoised prediction) or
+    "timesteps" (DDIM/PLMS/UniPC: A1111's own timestep grid, CFG on eps); ``default_schedule`` is what "Automatic"
+    means for this name; ``discard_penultimate_sigma`` and ``second_order`` are A1111's flags of the same meaning
+    (second order: a step costs two model evaluations, and A1111 resolves prompt-editing steps against
+    ``2 * steps - 1`` evaluations).  ``base_name`` is the name without its schedule suffix (A1111 1.9+'s name).
+
+    For the diffusers path: ``scheduler_class`` is a class name in ``diffusers``; ``options`` override the
+    checkpoint's scheduler config; ``noise``: "none", "generator" (``step()`` draws from per-image generators) or
+    "brownian" (a Brownian tree seeded per image).  ``schedule_type``: what A1111 1.9+ writes as "Schedule type"
+    for the combined names (None for names without a suffix).  ``unet_calls_per_step``: 2 for second-order samplers.
     """
 
     name: str
@@ -41,36 +69,67 @@ class SamplerSpec:
     noise: NoiseKind = "none"
     unet_calls_per_step: int = 1
     schedule_type: str | None = None
+    algorithm: str = ""
+    family: Family = "k-diffusion"
+    discard_penultimate_sigma: bool = False
+    second_order: bool = False
+    base_name: str = ""
+
+    @property
+    def default_schedule(self) -> str:
+        """The schedule "Automatic" stands for: the name's suffix, else Uniform (A1111 1.8's rule)."""
+        return self.schedule_type or "Uniform"
 
 
 _LINSPACE = {"timestep_spacing": "linspace"}
 _KARRAS = {"use_karras_sigmas": True}
+_EXPONENTIAL = {"use_exponential_sigmas": True}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2, **_LINSPACE}
 _DPMPP_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **_LINSPACE}
+_DPMPP_2M_SDE_HEUN = {**_DPMPP_2M_SDE, "solver_type": "heun"}
+_DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, **_LINSPACE}
+_DPMPP_2S = {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True, **_LINSPACE}
+_SUFFIX_OPTIONS = {None: {}, "Karras": _KARRAS, "Exponential": _EXPONENTIAL}
 
+
+def _k(base: str, algorithm: str, scheduler_class: str, options: Mapping[str, object], *, schedules: tuple = (None,),
+       noise: NoiseKind = "none", second_order: bool = False, discard: bool = False) -> list[SamplerSpec]:
+    """The k-diffusion names of one base sampler: the base name and its "... Karras" / "... Exponential" names."""
+    return [SamplerSpec(f"{base} {schedule}" if schedule else base, scheduler_class,
+                        {**options, **_SUFFIX_OPTIONS[schedule]}, noise=noise, unet_calls_per_step=2 if second_order else 1,
+                        schedule_type=schedule, algorithm=algorithm, discard_penultimate_sigma=discard,
+                        second_order=second_order, base_name=base)
+            for schedule in schedules]
+
+
+def _t(name: str, algorithm: str, scheduler_class: str, options: Mapping[str, object] | None = None) -> SamplerSpec:
+    return SamplerSpec(name, scheduler_class, options or {}, algorithm=algorithm, family="timesteps", base_name=name)
+
+
+_PLAIN_KARRAS = (None, "Karras")
+_ALL_THREE = (None, "Karras", "Exponential")
 _SPECS = (
-    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", _LINSPACE, noise="generator"),
-    SamplerSpec("Euler", "EulerDiscreteScheduler", _LINSPACE),
-    SamplerSpec("LMS", "LMSDiscreteScheduler", _LINSPACE),
-    SamplerSpec("LMS Karras", "LMSDiscreteScheduler", {**_LINSPACE, **_KARRAS}, schedule_type="Karras"),
-    SamplerSpec("Heun", "HeunDiscreteScheduler", _LINSPACE, unet_calls_per_step=2),
-    SamplerSpec("DPM2", "KDPM2DiscreteScheduler", _LINSPACE, unet_calls_per_step=2),
-    SamplerSpec("DPM2 Karras", "KDPM2DiscreteScheduler", {**_LINSPACE, **_KARRAS}, unet_calls_per_step=2,
-                schedule_type="Karras"),
-    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", _LINSPACE, noise="generator", unet_calls_per_step=2),
-    SamplerSpec("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", {**_LINSPACE, **_KARRAS}, noise="generator",
-                unet_calls_per_step=2, schedule_type="Karras"),
-    SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", _DPMPP_2M),
-    SamplerSpec("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {**_DPMPP_2M, **_KARRAS}, schedule_type="Karras"),
-    SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _DPMPP_2M_SDE, noise="generator"),
-    SamplerSpec("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {**_DPMPP_2M_SDE, **_KARRAS},
-                noise="generator", schedule_type="Karras"),
-    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", _LINSPACE, noise="brownian", unet_calls_per_step=2),
-    SamplerSpec("DPM++ SDE Karras", "DPMSolverSDEScheduler", {**_LINSPACE, **_KARRAS}, noise="brownian",
-                unet_calls_per_step=2, schedule_type="Karras"),
-    SamplerSpec("DDIM", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
-    SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
-    SamplerSpec("UniPC", "UniPCMultistepScheduler"),
+    *_k("Euler a", "euler_ancestral", "EulerAncestralDiscreteScheduler", _LINSPACE, noise="generator"),
+    *_k("Euler", "euler", "EulerDiscreteScheduler", _LINSPACE),
+    *_k("LMS", "lms", "LMSDiscreteScheduler", _LINSPACE, schedules=_PLAIN_KARRAS),
+    *_k("Heun", "heun", "HeunDiscreteScheduler", _LINSPACE, second_order=True),
+    *_k("DPM2", "dpm_2", "KDPM2DiscreteScheduler", _LINSPACE, schedules=_PLAIN_KARRAS, second_order=True, discard=True),
+    *_k("DPM2 a", "dpm_2_ancestral", "KDPM2AncestralDiscreteScheduler", _LINSPACE, schedules=_PLAIN_KARRAS,
+        noise="generator", second_order=True, discard=True),
+    *_k("DPM++ 2S a", "dpmpp_2s_ancestral", "DPMSolverSinglestepScheduler", _DPMPP_2S, schedules=_PLAIN_KARRAS,
+        second_order=True),
+    *_k("DPM++ 2M", "dpmpp_2m", "DPMSolverMultistepScheduler", _DPMPP_2M, schedules=_PLAIN_KARRAS),
+    *_k("DPM++ SDE", "dpmpp_sde", "DPMSolverSDEScheduler", _LINSPACE, schedules=_PLAIN_KARRAS, noise="brownian",
+        second_order=True),
+    *_k("DPM++ 2M SDE", "dpmpp_2m_sde", "DPMSolverMultistepScheduler", _DPMPP_2M_SDE, schedules=_ALL_THREE,
+        noise="generator"),
+    *_k("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", "DPMSolverMultistepScheduler", _DPMPP_2M_SDE_HEUN,
+        schedules=_ALL_THREE, noise="generator"),
+    *_k("DPM++ 3M SDE", "dpmpp_3m_sde", "DPMSolverMultistepScheduler", _DPMPP_3M_SDE, schedules=_ALL_THREE,
+        noise="generator", discard=True),
+    _t("DDIM", "ddim", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    _t("PLMS", "plms", "PNDMScheduler", {"skip_prk_steps": True}),
+    _t("UniPC", "unipc", "UniPCMultistepScheduler"),
 )
 
 #: Every accepted name, in the order a menu should show them.
@@ -78,20 +137,61 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in _SPEC
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 DEFAULT_SAMPLER = "Euler a"
 _BY_FOLDED = {name.casefold(): spec for name, spec in SAMPLERS.items()}
+_UNSUPPORTED_FOLDED = {name.casefold(): name for name in UNSUPPORTED_A1111_SAMPLERS}
+# A1111 1.8 writes "Schedule type" lower-case ("karras") when its global override is set; 1.9+ writes the label.
+_SCHEDULES_FOLDED = {label.casefold(): label for label in SCHEDULE_TYPES} | {"sgm_uniform": "SGM Uniform"}
 
 
 class UnknownSampler(ValueError):
     """A sampler name we do not know; the message lists the valid ones."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reason: str | None = None) -> None:
         shown = name if len(name) <= 40 else name[:40] + "…"
-        super().__init__(f"unknown sampler {shown!r}; valid samplers: {', '.join(SAMPLER_NAMES)}")
+        super().__init__(f"{reason or f'unknown sampler {shown!r}'}; valid samplers: {', '.join(SAMPLER_NAMES)}")
         self.name = name
+
+
+class UnsupportedSampler(UnknownSampler):
+    """An A1111 sampler name this project does not implement (DPM fast, DPM adaptive, Restart, LCM)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, f"A1111's sampler {name!r} is not supported here")
+
+
+class UnknownSchedule(ValueError):
+    """A schedule type we do not know; the message lists the valid ones."""
+
+    def __init__(self, label: str) -> None:
+        shown = label if len(label) <= 40 else label[:40] + "…"
+        super().__init__(f"unknown schedule type {shown!r}; valid schedule types: {', '.join(SCHEDULE_TYPES)}")
+        self.label = label
 
 
 def resolve_sampler(name: str) -> SamplerSpec:
     """The spec for an A1111 sampler name (exact, or differing only in letter case / surrounding spaces)."""
     spec = SAMPLERS.get(name) or _BY_FOLDED.get(name.strip().casefold())
     if spec is None:
-        raise UnknownSampler(name)
+        unsupported = _UNSUPPORTED_FOLDED.get(name.strip().casefold())
+        raise UnsupportedSampler(unsupported) if unsupported else UnknownSampler(name)
     return spec
+
+
+def resolve_schedule(label: str) -> str:
+    """A schedule type label in A1111's spelling ("Karras"), from any letter case or 1.8's "sgm_uniform"."""
+    found = _SCHEDULES_FOLDED.get(label.strip().casefold())
+    if found is None:
+        raise UnknownSchedule(label)
+    return found
+
+
+def resolve_sampler_and_schedule(name: str, schedule_type: str | None = None) -> tuple[SamplerSpec, str]:
+    """An infotext's ``Sampler`` and optional ``Schedule type`` as (spec, concrete schedule).
+
+    A1111's rule: a ``Schedule type`` field wins (unless "Automatic"); else the name's suffix; else Uniform.  For
+    DDIM, PLMS and UniPC the schedule is reported as "Automatic": they use A1111's own timestep grid.
+    """
+    spec = resolve_sampler(name)
+    schedule = resolve_schedule(schedule_type) if schedule_type else "Automatic"
+    if spec.family == "timesteps":
+        return spec, "Automatic"
+    return spec, spec.default_schedule if schedule == "Automatic" else schedule
