@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 from engine.lora import LoraNetwork, parse_state_dict  # noqa: E402
 from engine.lora.batch import build_lora_batch  # noqa: E402
 from engine.lora.hooks import lora_batch_active, table_for_models  # noqa: E402
-from engine.tiny import CONTEXT_DIM, build_tiny  # noqa: E402
+from engine.worker.tiny import CONTEXT_DIM, build_tiny  # noqa: E402
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 

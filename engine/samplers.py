@@ -5,7 +5,7 @@ queued.  Two consumers read a :class:`SamplerSpec`:
 
 * ``engine.sampling`` (the A1111-exact sampler) reads ``algorithm``, ``family``, ``default_schedule``,
   ``discard_penultimate_sigma`` and ``second_order`` — the facts A1111's sampler table records for each name;
-* ``engine.pipeline.make_scheduler`` (the older diffusers path, kept until the new sampler is wired in) reads
+* ``engine.worker.renderer.make_scheduler`` (the older diffusers path, kept until the new sampler is wired in) reads
   ``scheduler_class``, ``options`` and ``noise``.  Names diffusers has no exact match for get the nearest scheduler.
 
 Names are A1111 1.8's, including the names that carry the schedule ("DPM++ 2M Karras" = DPM++ 2M with the Karras

@@ -42,27 +42,43 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def imports_of(module: str) -> Iterator[str]:
-    """Every absolute module name ``module`` imports (``from a.b import c`` yields ``a.b`` and ``a.b.c``)."""
+def _import_nodes(module: str) -> Iterator[tuple[str, list[str]]]:
+    """``(source, names)`` for every import statement of ``module``: ``import a.b`` is ``("a.b", [])``, relative
+    imports are made absolute."""
     is_package = _path(module).name == "__init__.py"
     for node in ast.walk(ast.parse(_path(module).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
+            yield from ((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
             if node.level:
                 parts = module.split(".")
                 base = ".".join(parts[: len(parts) - node.level + (1 if is_package else 0)])
                 source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
-            yield source
-            yield from (f"{source}.{alias.name}" for alias in node.names)
+            yield source, [alias.name for alias in node.names]
+
+
+def imports_of(module: str) -> Iterator[str]:
+    """Every absolute name ``module`` imports (``from a.b import c`` yields ``a.b`` and ``a.b.c``)."""
+    for source, names in _import_nodes(module):
+        yield source
+        yield from (f"{source}.{name}" for name in names)
 
 
 def project_graph() -> dict[str, set[str]]:
-    """Module -> the project modules it imports (names that are not modules, e.g. classes, are dropped)."""
+    """Module -> the project modules it depends on.  ``from pkg import sub`` depends on ``pkg.sub`` when ``sub`` is a
+    module, else on ``pkg`` (its ``__init__`` provides the name)."""
     modules = {m for p in PACKAGES for m in module_names(p)}
-    return {m: {i for i in imports_of(m) if i in modules and i != m} for m in modules}
+    graph: dict[str, set[str]] = {}
+    for module in modules:
+        deps: set[str] = set()
+        for source, names in _import_nodes(module):
+            subs = {f"{source}.{n}" for n in names} & modules
+            deps |= subs
+            if source in modules and (not names or len(subs) < len(names)):
+                deps.add(source)
+        graph[module] = deps - {module}
+    return graph
 
 
 def torch_free_modules() -> list[str]:

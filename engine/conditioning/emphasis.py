@@ -77,7 +77,7 @@ def _weight(number: str, text: str) -> float:
 
 def parse_emphasis(text: str) -> list[Segment]:
     """``a (b:1.5) c`` → ``[("a ", 1.0), ("b", 1.5), (" c", 1.0)]``; BREAK gives :data:`BREAK_MARKER` segments."""
-    segments, round_open, square_open = _Segments(), [], []
+    segments, round_open, square_open = _Segments(), list[int](), list[int]()
     i = 0
     while i < len(text):
         char = text[i]

@@ -137,8 +137,8 @@ def _parse(text: str) -> tuple:
     stack: list[_Open] = []
     closed: dict[int, tuple[object, int]] = {}  # start -> (group, end) of every group read so far
     stray: set[int] = set()  # brackets known not to start a group
-    i = 0
-    while True:
+    i: int | None = 0
+    while i is not None:
         try:
             i = _step(text, i, top, stack, closed, stray)
         except _NotAGroup:
@@ -147,8 +147,7 @@ def _parse(text: str) -> tuple:
             stack.clear()
             top.append(text[i])
             i += 1
-        if i is None:
-            return tuple(top)
+    return tuple(top)
 
 
 def _step(text: str, i: int, top: list, stack: list[_Open], closed: dict, stray: set) -> int | None:

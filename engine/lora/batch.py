@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,6 +86,25 @@ def module_kind(module: nn.Module) -> str:
     return OTHER
 
 
+@dataclass(frozen=True, slots=True)
+class LowRankSlots:
+    """Stacked low-rank factors of a batch's LoRAs on one module; per active row, its rank columns and scales."""
+
+    down: torch.Tensor  # [R, in, ...]: every slot's down factor, rank rows stacked
+    up_t: torch.Tensor  # [R, out]: the up factors, transposed the same way
+    col_index: torch.Tensor  # [rows, width]: which of the R columns a row uses (padding points at column 0 ...)
+    col_scale: torch.Tensor  # [rows, width]: ... with scale 0, so padding adds exactly nothing
+
+
+@dataclass(frozen=True, slots=True)
+class DenseSlots:
+    """Materialised deltas of a batch's LoRAs on one module and, per active row, each slot's multiplier."""
+
+    delta: torch.Tensor  # [K, *weight.shape]
+    mult: torch.Tensor  # [rows, K]
+    bias: torch.Tensor | None = None  # [K, out]: bias updates (zeros for slots without one), when any slot has one
+
+
 @dataclass
 class ModulePlan:
     """The stacked tensors of one module for one batch (module docstring); built by :func:`build_lora_batch`."""
@@ -92,18 +112,16 @@ class ModulePlan:
     kind: str
     rows: torch.Tensor | None  # active row indices; None when every row is active
     n_active: int
-    down: torch.Tensor | None = None
-    up_t: torch.Tensor | None = None
-    col_index: torch.Tensor | None = None
-    col_scale: torch.Tensor | None = None
-    dense: torch.Tensor | None = None
-    dense_mult: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
+    low_rank: LowRankSlots | None = None
+    dense: DenseSlots | None = None
 
     @property
     def dtype(self) -> torch.dtype:
         """The compute dtype (inputs of another dtype, e.g. under autocast, are cast to it)."""
-        return (self.down if self.down is not None else self.dense).dtype
+        if self.low_rank is not None:
+            return self.low_rank.down.dtype
+        assert self.dense is not None, "a plan holds low-rank or dense slots"
+        return self.dense.delta.dtype
 
 
 @dataclass
@@ -211,11 +229,11 @@ def _split(kind: str, module: nn.Module, slots: Sequence[_Slot], skipped: list[t
     return low, dense
 
 
-def _low_rank(plan: ModulePlan, low: Sequence[tuple[_Slot, torch.Tensor, torch.Tensor]], position: dict[int, int],
-              put: dict) -> None:
+def _low_rank(low: Sequence[tuple[_Slot, torch.Tensor, torch.Tensor]], position: dict[int, int],
+              put: dict[str, Any]) -> LowRankSlots:
     """Stack the factors; per active row, the rank columns it uses and their scale × multiplier."""
-    plan.down = torch.cat([down for _, down, _ in low]).to(**put)
-    plan.up_t = torch.cat([up for _, _, up in low], dim=1).t().contiguous().to(**put)
+    down_all = torch.cat([down for _, down, _ in low]).to(**put)
+    up_t = torch.cat([up for _, _, up in low], dim=1).t().contiguous().to(**put)
     columns: list[list[tuple[int, float]]] = [[] for _ in position]
     start = 0
     for slot, down, _ in low:
@@ -229,21 +247,22 @@ def _low_rank(plan: ModulePlan, low: Sequence[tuple[_Slot, torch.Tensor, torch.T
         if cols:
             index[i, :len(cols)] = torch.tensor([c for c, _ in cols])
             scale[i, :len(cols)] = torch.tensor([v for _, v in cols], dtype=torch.float64)
-    plan.col_index, plan.col_scale = index.to(put["device"]), scale.to(**put)
+    return LowRankSlots(down_all, up_t, index.to(put["device"]), scale.to(**put))
 
 
-def _materialised(plan: ModulePlan, dense: Sequence[tuple[_Slot, torch.Tensor, torch.Tensor | None]],
-                  position: dict[int, int], out_features: int, put: dict) -> None:
+def _materialised(dense: Sequence[tuple[_Slot, torch.Tensor, torch.Tensor | None]], position: dict[int, int],
+                  out_features: int, put: dict[str, Any]) -> DenseSlots:
     """Stack the deltas (and bias updates, zeros where a slot has none); per active row, each slot's multiplier."""
-    plan.dense = torch.stack([delta for _, delta, _ in dense]).to(**put)
+    delta = torch.stack([d for _, d, _ in dense]).to(**put)
     mult = torch.zeros(len(position), len(dense), dtype=torch.float64)
     for k, (slot, _, _) in enumerate(dense):
         for r, m in slot.mult.items():
             mult[position[r], k] = m
-    plan.dense_mult = mult.to(**put)
+    bias = None
     if any(b is not None for _, _, b in dense):
         zeros = torch.zeros(out_features, dtype=torch.float32)
-        plan.bias = torch.stack([zeros if b is None else b.float().cpu() for _, _, b in dense]).to(**put)
+        bias = torch.stack([zeros if b is None else b.float().cpu() for _, _, b in dense]).to(**put)
+    return DenseSlots(delta, mult.to(**put), bias)
 
 
 def _plan(kind: str, module: nn.Module, slots: Sequence[_Slot], n_rows: int, dtype: torch.dtype,
@@ -258,9 +277,9 @@ def _plan(kind: str, module: nn.Module, slots: Sequence[_Slot], n_rows: int, dty
     position = {r: i for i, r in enumerate(active)}
     put = {"device": device, "dtype": dtype}
     if low:
-        _low_rank(plan, low, position, put)
+        plan.low_rank = _low_rank(low, position, put)
     if dense:
-        _materialised(plan, dense, position, module.weight.shape[0], put)
+        plan.dense = _materialised(dense, position, module.weight.shape[0], put)
     return plan
 
 

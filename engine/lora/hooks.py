@@ -45,59 +45,61 @@ def _per_row(values: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
 
 def _linear_update(plan: ModulePlan, x: torch.Tensor) -> torch.Tensor:
     out: torch.Tensor | None = None
-    if plan.down is not None:
+    if (low := plan.low_rank) is not None:
         n, features = x.shape[0], x.shape[-1]
-        h = torch.bmm(x.reshape(n, -1, features), plan.down[plan.col_index].transpose(1, 2))
-        h = torch.bmm(h * plan.col_scale.unsqueeze(1), plan.up_t[plan.col_index])
+        h = torch.bmm(x.reshape(n, -1, features), low.down[low.col_index].transpose(1, 2))
+        h = torch.bmm(h * low.col_scale.unsqueeze(1), low.up_t[low.col_index])
         out = h.reshape(*x.shape[:-1], h.shape[-1])
-    if plan.dense is not None:
-        k, rows_out = plan.dense.shape[0], plan.dense.shape[1]
-        h = F.linear(x, plan.dense.reshape(k * rows_out, -1)).unflatten(-1, (k, rows_out))
-        h = (h * _per_row(plan.dense_mult, x.ndim + 1, x.ndim - 1)).sum(-2)
+    if (dense := plan.dense) is not None:
+        k, rows_out = dense.delta.shape[0], dense.delta.shape[1]
+        h = F.linear(x, dense.delta.reshape(k * rows_out, -1)).unflatten(-1, (k, rows_out))
+        h = (h * _per_row(dense.mult, x.ndim + 1, x.ndim - 1)).sum(-2)
         out = h if out is None else out + h
     return _add_bias(plan, out, x.ndim, x.ndim - 1)
 
 
 def _conv_update(plan: ModulePlan, module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     out: torch.Tensor | None = None
-    if plan.down is not None:  # only for plain convs (groups 1, zero padding): batch._plain_conv
-        n, cols = plan.col_index.shape
-        down = plan.down[plan.col_index].flatten(0, 1)  # [n·C, in, kh, kw]: one group per row
+    if (low := plan.low_rank) is not None:  # only for plain convs (groups 1, zero padding): batch._plain_conv
+        n, cols = low.col_index.shape
+        down = low.down[low.col_index].flatten(0, 1)  # [n·C, in, kh, kw]: one group per row
         h = F.conv2d(x.reshape(1, -1, *x.shape[2:]), down, None, module.stride, module.padding, module.dilation, n)
         spatial = h.shape[2:]
-        h = h.reshape(n, cols, -1) * plan.col_scale.unsqueeze(-1)
-        h = torch.bmm(plan.up_t[plan.col_index].transpose(1, 2), h)  # [n, out, H'·W']
+        h = h.reshape(n, cols, -1) * low.col_scale.unsqueeze(-1)
+        h = torch.bmm(low.up_t[low.col_index].transpose(1, 2), h)  # [n, out, H'·W']
         out = h.reshape(n, -1, *spatial)
-    if plan.dense is not None:
-        k, rows_out = plan.dense.shape[0], plan.dense.shape[1]
+    if (dense := plan.dense) is not None:
+        k, rows_out = dense.delta.shape[0], dense.delta.shape[1]
         if module.groups == 1 and module.padding_mode == "zeros":
-            h = F.conv2d(x, plan.dense.reshape(k * rows_out, *plan.dense.shape[2:]), None, module.stride,
+            h = F.conv2d(x, dense.delta.reshape(k * rows_out, *dense.delta.shape[2:]), None, module.stride,
                          module.padding, module.dilation)
-            h = h.unflatten(1, (k, rows_out)) * _per_row(plan.dense_mult, h.ndim + 1, 1)
+            h = h.unflatten(1, (k, rows_out)) * _per_row(dense.mult, h.ndim + 1, 1)
             h = h.sum(1)
         else:  # grouped or padded-by-mode convs: one conv per slot, the module's own conv arithmetic
-            h = sum(module._conv_forward(x, plan.dense[i], None) * _per_row(plan.dense_mult[:, i:i + 1], x.ndim, 1)
+            h = sum(module._conv_forward(x, dense.delta[i], None) * _per_row(dense.mult[:, i:i + 1], x.ndim, 1)
                     for i in range(k))
         out = h if out is None else out + h
     return _add_bias(plan, out, x.ndim, 1)
 
 
 def _norm_update(plan: ModulePlan, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    dense = plan.dense
+    assert dense is not None, "norm updates are always materialised"
     if isinstance(module, nn.GroupNorm):
         normed, channel_dim = F.group_norm(x, module.num_groups, None, None, module.eps), 1
     else:
         shape = tuple(module.normalized_shape)
         normed, channel_dim = F.layer_norm(x, shape, None, None, module.eps), x.ndim - len(shape)
-    dw = plan.dense_mult @ plan.dense.reshape(plan.dense.shape[0], -1)
-    out = normed * _per_row(dw.reshape(-1, *plan.dense.shape[1:]), x.ndim, channel_dim)
+    dw = dense.mult @ dense.delta.reshape(dense.delta.shape[0], -1)
+    out = normed * _per_row(dw.reshape(-1, *dense.delta.shape[1:]), x.ndim, channel_dim)
     return _add_bias(plan, out, x.ndim, channel_dim)
 
 
 def _add_bias(plan: ModulePlan, out: torch.Tensor | None, ndim: int, channel_dim: int) -> torch.Tensor:
-    if plan.bias is None:
+    if plan.dense is None or plan.dense.bias is None:
         assert out is not None
         return out
-    db = _per_row(plan.dense_mult @ plan.bias, ndim, channel_dim)
+    db = _per_row(plan.dense.mult @ plan.dense.bias, ndim, channel_dim)
     return db if out is None else out + db
 
 
@@ -176,7 +178,7 @@ def lora_batch_active(model: nn.Module, batch: LoraBatch | None) -> Iterator[Non
 
 def table_for_models(unet: nn.Module | None = None, text_encoder: nn.Module | None = None) -> ModuleTable:
     """The module table of a real model, to resolve LoRA keys against exactly its modules."""
-    entries = []
+    entries: list[tuple[str, str]] = []
     for prefix, model in (("unet", unet), ("text_encoder", text_encoder)):
         if model is not None:
             entries.extend((f"{prefix}.{name}", module_kind(module)) for name, module in model.named_modules() if name)

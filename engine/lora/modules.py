@@ -47,6 +47,13 @@ def _fit(update: torch.Tensor, shape: Sequence[int]) -> torch.Tensor | None:
     return update.reshape(tuple(shape)) if update.numel() == math.prod(shape) else None
 
 
+def _product(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:
+    """``a @ b`` of a factor pair the parser guarantees (a LoKr side without its full matrix has both)."""
+    if a is None or b is None:
+        raise ValueError("a LoKr factor pair is incomplete")
+    return a @ b
+
+
 def _tucker(core: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``A[p,q,k,l] = Σ_a Σ_b core[a,b,k,l] · left[a,p] · right[b,q]`` (LoHa / LoKr Tucker cores)."""
     return torch.einsum("abkl,ap,bq->pqkl", core, _flat(left), _flat(right))
@@ -192,7 +199,7 @@ class LokrModule(LoraModule):
     type_name = "lokr"
 
     def update(self, weight: torch.Tensor, dyn: int | None = None) -> torch.Tensor | None:
-        w1 = self.w1 if self.w1 is not None else self.w1_a @ self.w1_b
+        w1 = self.w1 if self.w1 is not None else _product(self.w1_a, self.w1_b)
         if self.w2 is not None:
             w2 = self.w2
         elif self.t2 is not None:

@@ -13,6 +13,7 @@ silently does something we will not — GLoRA and OFT, which we do not implement
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TypedDict
 
 import torch
 
@@ -24,6 +25,15 @@ from engine.lora.network import DORA_APPLIED_WARNING, DORA_IGNORED_WARNING, Dora
 __all__ = ["module_type", "parse_state_dict"]
 
 Parts = dict[str, torch.Tensor]
+
+
+class _Head(TypedDict):
+    """The fields every module type shares (see :class:`engine.lora.modules.LoraModule`)."""
+
+    key: str
+    target: str
+    kind: str
+    dora_scale: torch.Tensor | None
 
 _LOKR_W1 = ("lokr_w1",), ("lokr_w1_a", "lokr_w1_b")
 _LOKR_W2 = ("lokr_w2",), ("lokr_w2_a", "lokr_w2_b")
@@ -84,28 +94,28 @@ class _Builder:
             return t.to(torch.float32)
         return t
 
-    def build(self, kind: str, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def build(self, kind: str, parts: Parts, head: _Head) -> LoraModule:
         return _BUILDERS[kind](self, parts, head)
 
-    def lora(self, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def lora(self, parts: Parts, head: _Head) -> LoraModule:
         c = self.cast
         return LowRankModule(**head, scale=_scale(parts, parts["lora_down.weight"].shape[0]),
                              up=c(parts["lora_up.weight"], True), down=c(parts["lora_down.weight"], True),
                              mid=c(parts.get("lora_mid.weight"), True), bias=c(parts.get("bias"), True))
 
-    def loha(self, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def loha(self, parts: Parts, head: _Head) -> LoraModule:
         c = self.cast
         return HadaModule(**head, scale=_scale(parts, parts["hada_w1_b"].shape[0]),
                           w1_a=c(parts["hada_w1_a"]), w1_b=c(parts["hada_w1_b"]), w2_a=c(parts["hada_w2_a"]),
                           w2_b=c(parts["hada_w2_b"]), t1=c(parts.get("hada_t1")), t2=c(parts.get("hada_t2")))
 
-    def ia3(self, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def ia3(self, parts: Parts, head: _Head) -> LoraModule:
         if "on_input" not in parts:
             raise KeyError("on_input")
         return Ia3Module(**head, scale=_scale(parts, None), w=self.cast(parts["weight"]),
                          on_input=bool(_scalar(parts["on_input"])))
 
-    def lokr(self, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def lokr(self, parts: Parts, head: _Head) -> LoraModule:
         c = self.cast
         dim = None
         if "lokr_w2_b" in parts:
@@ -120,16 +130,16 @@ class _Builder:
                           w2_b=None if full_w2 else c(parts["lokr_w2_b"]),
                           t2=None if full_w2 else c(parts.get("lokr_t2")))
 
-    def full(self, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def full(self, parts: Parts, head: _Head) -> LoraModule:
         return FullModule(**head, scale=_scale(parts, None), diff=self.cast(parts["diff"]),
                           diff_b=self.cast(parts.get("diff_b")))
 
-    def norm(self, parts: Parts, head: dict[str, object]) -> LoraModule:
+    def norm(self, parts: Parts, head: _Head) -> LoraModule:
         return NormModule(**head, scale=_scale(parts, None), w_norm=self.cast(parts["w_norm"]),
                           b_norm=self.cast(parts["b_norm"]))
 
 
-_BUILDERS: dict[str, Callable[[_Builder, Parts, dict[str, object]], LoraModule]] = {
+_BUILDERS: dict[str, Callable[[_Builder, Parts, _Head], LoraModule]] = {
     "lora": _Builder.lora, "loha": _Builder.loha, "ia3": _Builder.ia3, "lokr": _Builder.lokr,
     "full": _Builder.full, "norm": _Builder.norm,
 }
@@ -181,13 +191,13 @@ def parse_state_dict(state: Mapping[str, torch.Tensor], name: str, *, table: Mod
             continue
         has_dora = has_dora or "dora_scale" in parts
         dora_scale = parts.get("dora_scale") if dora == "apply" else None
-        head: dict[str, object] = {"key": layer, "target": entry.name, "kind": entry.kind,
-                                   "dora_scale": None if dora_scale is None else dora_scale.detach().float()}
+        head: _Head = {"key": layer, "target": entry.name, "kind": entry.kind,
+                       "dora_scale": None if dora_scale is None else dora_scale.detach().float()}
         try:
             modules[entry.name] = builder.build(kind, parts, head)
         except KeyError as exc:
             raise LoraFormatError(f"{name}: module {base} ({kind}) lacks its {exc.args[0]} key") from None
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if has_dora:
         warnings = (DORA_APPLIED_WARNING if dora == "apply" else DORA_IGNORED_WARNING,)
     return LoraNetwork(name=name, modules=modules, key=key, ignored_keys=tuple(ignored), warnings=warnings,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 __all__ = ["Evaluation", "OnStep", "SamplingCancelled", "ShouldStop", "StepReport", "apply_stop"]
 
 
-class Evaluation(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Evaluation:
     """Where a model evaluation falls: the sampler step (0-based) and the running evaluation index (0-based).
 
     ``index`` is A1111's CFG-denoiser step counter: its prompt-editing schedules switch on it, so a second-order

@@ -224,7 +224,7 @@ def dpmpp_3m_sde(run: KRun, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tens
             h = s - t
             h_eta = h * (1.0 + 1)
             x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
-            if h_2 is not None:
+            if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
                 d1_0 = (denoised - denoised_1) / r0
                 d1_1 = (denoised_1 - denoised_2) / r1
@@ -233,7 +233,7 @@ def dpmpp_3m_sde(run: KRun, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tens
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 phi_3 = phi_2 / h_eta - 0.5
                 x = x + phi_2 * d1 - phi_3 * d2
-            elif h_1 is not None:
+            elif h_1 is not None and denoised_1 is not None:
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + phi_2 * ((denoised - denoised_1) / (h_1 / h))
             noise = run.noise.brownian(sigmas[i], sigmas[i + 1])

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.sampling.brownian import BrownianNoise
-from engine.sampling.sources import make_generator, move_to
-from engine.sampling.start_noise import RowSeed, first_noise
+from engine.sampling.sources import generator_factory, make_generator, move_to
+from engine.sampling.start_noise import RowSeed, first_noise, latent_dims
 
 __all__ = ["NoiseNeeds", "NoisePlan", "NoiseStream"]
 
@@ -60,11 +60,11 @@ class NoisePlan:
         if not rows:
             raise ValueError("a batch needs at least one row")
         dev = torch.device(device)
-        shape = tuple(int(s) for s in shape)
+        shape = latent_dims(shape)
         starts, steps = [], []
         for row in rows:
             own = make_generator(row.source, row.seed, dev)
-            starts.append(move_to(first_noise(row, shape, own, lambda s, src=row.source: make_generator(src, s, dev)),
+            starts.append(move_to(first_noise(row, shape, own, generator_factory(row.source, dev)),
                                      dev))
             stream = make_generator(row.source, row.step_seed, dev) if row.eta_noise_seed_delta else own
             steps.append(move_to(stream.draws(needs.step_draws, shape), dev))

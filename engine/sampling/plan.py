@@ -126,6 +126,8 @@ class SamplingPlan:
         if self.sigmas is not None:
             run = kdiffusion.KRun(guided.denoised, noise.stream(), report)
             return kdiffusion.SAMPLERS[algorithm](run, noise.start * self.sigmas[0], self.sigmas)
+        if self.timesteps is None:
+            raise ValueError(f"{self.spec.name} needs timesteps or sigmas; this plan has neither")
         eps_run = TRun(guided.eps, report)
         if algorithm == "unipc":
             return unipc(eps_run, noise.start, len(self.timesteps), self.view.alphas_cumprod)

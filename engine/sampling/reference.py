@@ -15,8 +15,8 @@ from engine.samplers import resolve_sampler_and_schedule
 from engine.sampling.cfg import ModelRows, RowGuidance
 from engine.sampling.control import Evaluation
 from engine.sampling.plan import plan_sampling
-from engine.sampling.sources import make_generator
-from engine.sampling.start_noise import RowSeed, first_noise
+from engine.sampling.sources import generator_factory, make_generator
+from engine.sampling.start_noise import RowSeed, first_noise, latent_dims
 
 __all__ = ["batch_rows", "initial_noise", "sample", "sigmas"]
 
@@ -62,9 +62,9 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int], *, rng: str
     """The unit-variance start noise (len(seeds), *shape) of one batch."""
     rows = batch_rows(seeds, rng=rng, subseeds=subseeds, subseed_strength=subseed_strength,
                       seed_resize_from=seed_resize_from)
-    shape = tuple(int(s) for s in shape)
+    shape = latent_dims(shape)
     return torch.stack([first_noise(row, shape, make_generator(row.source, row.seed),
-                                    lambda s, src=row.source: make_generator(src, s)) for row in rows])
+                                    generator_factory(row.source)) for row in rows])
 
 
 def sigmas(sampler: str, schedule: str, steps: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:

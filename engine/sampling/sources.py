@@ -15,6 +15,7 @@ A draw is always float32 and lands on the CPU for CPU/NV and on the device for G
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -84,3 +85,12 @@ def make_generator(source: str, seed: int, device: torch.device | str = "cpu") -
             raise NotImplementedError(f"RNG source GPU needs a CUDA device (got {dev.type}); use CPU or NV")
         return _TorchGenerator(seed, dev)
     raise ValueError(f"unknown RNG source {source!r}; valid sources: {', '.join(NOISE_SOURCES)}")
+
+
+def generator_factory(source: str, device: torch.device | str = "cpu") -> Callable[[int], RowGenerator]:
+    """Fresh generators of one source on one device, by seed (variation seeds and seed resize draw from them)."""
+
+    def make(seed: int) -> RowGenerator:
+        return make_generator(source, seed, device)
+
+    return make

@@ -7,7 +7,7 @@ The result is the unit-variance start noise; samplers scale it themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +65,12 @@ def _paste_centred(canvas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     sx, sy = max(-dx, 0), max(-dy, 0)
     canvas[:, ty:ty + h, tx:tx + w] = noise[:, sy:sy + h, sx:sx + w]
     return canvas
+
+
+def latent_dims(shape: Sequence[int]) -> tuple[int, int, int]:
+    """One latent's (C, H, W) as ints (callers pass tuples, lists or torch sizes)."""
+    c, h, w = (int(s) for s in shape)
+    return c, h, w
 
 
 def first_noise(row: RowSeed, shape: tuple[int, int, int], own: RowGenerator,

@@ -146,11 +146,13 @@ def test_rows_sharing_a_lora_share_its_columns_and_dyn_gets_its_own(models, nets
     batch = build_lora_batch(unet, "unet", [[(x, 1.0)], [(x, 0.5)], [], [(x, 1.0, None, 2)], [(x, 0.5), (x, 0.25)]])
     plan = batch.plans["down_blocks.1.attentions.0.proj_in"]
     assert plan.rows.tolist() == [0, 1, 3, 4]
-    assert plan.down.shape[0] == plan.up_t.shape[0] == 4 + 2  # rank 4 shared by rows 0, 1, 4; the dyn-2 slot of row 3
-    assert plan.col_index.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 0, 0], [0, 1, 2, 3]]
+    low = plan.low_rank
+    assert low is not None and plan.dense is None
+    assert low.down.shape[0] == low.up_t.shape[0] == 4 + 2  # rank 4 shared by rows 0, 1, 4; the dyn-2 slot of row 3
+    assert low.col_index.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 0, 0], [0, 1, 2, 3]]
     scale = x.modules["unet.down_blocks.1.attentions.0.proj_in"].scale
-    assert plan.col_scale[:, 0].tolist() == pytest.approx([scale, 0.5 * scale, scale, 0.75 * scale])
-    assert plan.col_scale[2].tolist() == pytest.approx([scale, scale, 0.0, 0.0])  # padding columns count 0
+    assert low.col_scale[:, 0].tolist() == pytest.approx([scale, 0.5 * scale, scale, 0.75 * scale])
+    assert low.col_scale[2].tolist() == pytest.approx([scale, scale, 0.0, 0.0])  # padding columns count 0
 
 
 def test_a_misfit_update_is_skipped_and_an_equal_count_one_is_reshaped(models, rel) -> None:
@@ -167,7 +169,7 @@ def test_a_misfit_update_is_skipped_and_an_equal_count_one_is_reshaped(models, r
     assert batch.skipped == [("misfit", f"unet.{name}")]
     assert batch.warnings == ["LoRA misfit: 1 module(s) skipped, their update does not fit this model"]
     plan = batch.plans[name]
-    assert plan.down is None and plan.dense is not None and plan.rows.tolist() == [1]
+    assert plan.low_rank is None and plan.dense is not None and plan.rows.tolist() == [1]
     x = torch.randn(2, 16, 4, 4, generator=gen)
     with torch.no_grad():
         with lora_batch_active(unet, batch):
