@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Mapping
 
+from bot.advanced_options import AdvancedOptions, OptionProblem, advanced_fields
 from bot.config import LimitSettings
 from bot.store import Hypernet
 from engine.names import name_problem
@@ -25,6 +26,7 @@ from engine.prompt import (
     resolve_names,
 )
 from engine.render_settings import HypernetRef, RenderSettings
+from engine.samplers import UnknownSampler, UnsupportedSampler, resolve_sampler
 
 __all__ = [
     "MAX_SEED",
@@ -38,7 +40,7 @@ __all__ = [
     "step_multiplier",
 ]
 
-#: Samplers offered as /imagine choices (A1111 names; a test checks each one is known to engine.samplers).
+#: Samplers listed first in /imagine's suggestions (A1111 names; every name engine.samplers knows is accepted).
 SAMPLER_NAMES: tuple[str, ...] = (
     "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "UniPC", "LMS", "Heun", "DPM2 a",
 )
@@ -110,7 +112,8 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
                    negative_prompt: str | None = None, seed: int | None = None, steps: int | None = None,
                    cfg_scale: float | None = None, sampler: str | None = None, size: str | None = None,
                    width: int | None = None, height: int | None = None, count: int | None = None,
-                   hypernet: str | None = None, multiplier: float | None = None) -> RenderSettings:
+                   hypernet: str | None = None, multiplier: float | None = None,
+                   advanced: AdvancedOptions | None = None) -> RenderSettings:
     """Validate everything and resolve the hypernet tags; raise :class:`OptionError` otherwise.
 
     ``models`` are the hypernetworks usable in this guild (enabled ones) by name: a tag's sha256 comes from there,
@@ -144,9 +147,7 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
     _check_range("Steps", steps, limits.min_steps, limits.max_steps)
     cfg = limits.default_cfg_scale if cfg_scale is None else float(cfg_scale)
     _check_range("CFG scale", cfg, limits.min_cfg_scale, limits.max_cfg_scale, "{:g}")
-    sampler = sampler or limits.default_sampler
-    if sampler not in SAMPLER_NAMES and sampler != limits.default_sampler:
-        raise OptionError(f"Unknown sampler `{sampler}`; choose one of: {', '.join(SAMPLER_NAMES)}.")
+    sampler = _sampler(sampler or limits.default_sampler)
     w, h = _parse_size(size, limits) if size else (limits.default_width, limits.default_height)
     w, h = width or w, height or h
     _check_dimension("Width", w, limits)
@@ -157,9 +158,25 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
         seed = random_seed()
     elif seed > MAX_SEED:
         raise OptionError(f"Seed must be between 0 and {MAX_SEED} (or -1 for a random one); you gave {seed}.")
+    try:
+        extra = advanced_fields(advanced or AdvancedOptions())
+    except OptionProblem as exc:
+        raise OptionError(str(exc)) from None
     refs = tuple(HypernetRef(t.name, models[t.name].sha256, t.multiplier) for t in tags)
     return RenderSettings(prompt=typed, negative_prompt=negative, hypernets=refs, seed=seed, steps=steps,
-                          cfg_scale=cfg, sampler=sampler, width=w, height=h, count=count, checkpoint=checkpoint)
+                          cfg_scale=cfg, sampler=sampler, width=w, height=h, count=count, checkpoint=checkpoint,
+                          **extra)  # type: ignore[arg-type]
+
+
+def _sampler(name: str) -> str:
+    """A1111's spelling of a sampler name (any letter case); refused with the common names when unknown."""
+    try:
+        return resolve_sampler(name).name
+    except UnsupportedSampler:
+        problem = f"A1111's sampler `{name.strip()}` is not supported here"
+    except UnknownSampler:
+        problem = f"Unknown sampler `{name[:40]}`"
+    raise OptionError(f"{problem}; choose one of: {', '.join(SAMPLER_NAMES)} (or any other A1111 sampler name).")
 
 
 def _sentence(text: str) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import discord
 
 from bot.store import Job
-from engine.infotext import build_infotext
 from engine.prompt import format_multiplier
+from engine.render_settings import RenderSettings
+from engine.settings_infotext import settings_infotext
 
-__all__ = ["EMBED_TOTAL", "clip", "embed_chars", "infotext_for", "model_label", "quote", "result_embed", "status_label"]
+__all__ = ["EMBED_TOTAL", "clip", "embed_chars", "infotext_for", "model_label", "quote", "result_embed", "seed_label",
+           "status_label"]
 
 EMBED_TOTAL = 6000
 _DESCRIPTION = 4096
@@ -37,6 +39,28 @@ def status_label(job: Job) -> str:
             "cancelled": "cancelled"}.get(job.status, job.status)
 
 
+def _span(first: int, count: int) -> str:
+    return str(first) if count == 1 else f"{first}–{first + count - 1}"
+
+
+def seed_label(s: RenderSettings) -> str:
+    """The seeds as A1111 assigns them, plus whatever else decides the noise (variation, ENSD, clip skip...)."""
+    seeds = _span(s.seed, 1 if s.variation else s.count)
+    if s.variation:
+        assert s.subseed is not None
+        seeds += f" · variation {_span(s.subseed, s.count)} at {format_multiplier(s.subseed_strength)}"
+    extras = []
+    if s.seed_resize_from:
+        extras.append(f"resized from {s.seed_resize_from[0]}×{s.seed_resize_from[1]}")
+    if s.eta_noise_seed_delta:
+        extras.append(f"ENSD {s.eta_noise_seed_delta}")
+    if s.rng != "GPU":
+        extras.append(f"{s.rng} noise")
+    if s.clip_skip > 1:
+        extras.append(f"clip skip {s.clip_skip}")
+    return clip(" · ".join([seeds, *extras]), 200)
+
+
 def model_label(job: Job, model_name: str) -> str:
     """What the job's model is called: the configured display name, else the job's checkpoint setting."""
     return model_name or job.settings.checkpoint
@@ -51,11 +75,11 @@ def result_embed(job: Job, *, model_name: str, note: str = "") -> discord.Embed:
     if s.hypernets:
         lines = [f"`{h.name}` × {format_multiplier(h.multiplier)}" for h in s.hypernets]
         embed.add_field(name="Hypernetworks", value=clip("\n".join(lines), 900), inline=False)
-    seeds = str(s.seed) if s.count == 1 else f"{s.seed}–{s.seed + s.count - 1}"
-    embed.add_field(name="Seed", value=seeds)
+    embed.add_field(name="Seed", value=seed_label(s))
     embed.add_field(name="Steps", value=str(s.steps))
     embed.add_field(name="CFG scale", value=format_multiplier(s.cfg_scale))
-    embed.add_field(name="Sampler", value=clip(s.sampler, 100))
+    embed.add_field(name="Sampler", value=clip(s.sampler if s.schedule == "Automatic" else f"{s.sampler} · {s.schedule}",
+                                               100))
     embed.add_field(name="Size", value=f"{s.width}×{s.height}")
     embed.add_field(name="Model", value=clip(model_label(job, model_name), 200))
     if job.warnings:  # e.g. a hypernet made for another model family: visible, not buried in the footer
@@ -77,7 +101,5 @@ def embed_chars(embed: discord.Embed) -> int:
 
 def infotext_for(job: Job, model_name: str, seed_offset: int = 0) -> str:
     """A1111's ``parameters`` text for image ``seed_offset`` of the job (what the PNG carries, less what only the
-    worker knows: the model hash and the noise source)."""
-    s = job.settings
-    return build_infotext(s.infotext_prompt, s.negative_prompt, s.steps, s.sampler, s.cfg_scale, s.seed + seed_offset,
-                          s.width, s.height, model_label(job, model_name))
+    worker knows: the model hash and the embeddings' hashes)."""
+    return settings_infotext(job.settings, seed_offset, model_name=model_label(job, model_name))

@@ -20,7 +20,7 @@ __all__ = [
     "Started", "SubmitBatch", "WorkerConfig", "wrap",
 ]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class FailureKind(enum.StrEnum):

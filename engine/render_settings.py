@@ -3,7 +3,12 @@
 Why one value: a job's settings are written to SQLite when it is created, sent to the worker, written back into
 the PNG's infotext, and copied with one change for a reroll or a multiplier button.  Spelled out field by field in
 each of those places they drift; as one frozen dataclass, a reroll is ``replace(settings, seed=new)`` and every
-layer sees the same names.  Pure (standard library and :mod:`engine.prompt`), so the bot imports it without torch.
+layer sees the same names.  Pure (standard library, :mod:`engine.prompt` and :mod:`engine.samplers`), so the bot
+imports it without torch.
+
+The fields are A1111's txt2img settings of the same names (``docs/a1111-sampling.md`` §1 in the shared docs): the
+noise ones (``rng``, ``eta_noise_seed_delta``, ``subseed``/``subseed_strength``, ``seed_resize_from``) decide an
+image's random numbers exactly as there, so a pasted infotext gives A1111's latents.
 
 Invariant (checked when a value is made): ``hypernets`` are the prompt's hypernet tags in tag order, resolved to
 the files they named when the job was made (a registry change later does not change an old job).
@@ -17,8 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.prompt import parse_hypernet_tags, write_tags
+from engine.samplers import NOISE_SOURCES, SCHEDULE_TYPES, resolve_sampler_and_schedule
 
-__all__ = ["HypernetRef", "RenderSettings"]
+__all__ = ["MAX_CLIP_SKIP", "HypernetRef", "ImageSeed", "RenderSettings"]
+
+#: The deepest clip skip A1111's UI offers (its slider stops at 12, the layer count of SD1.x's text encoder).
+MAX_CLIP_SKIP = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +44,24 @@ class HypernetRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageSeed:
+    """The seed and variation seed of one image of a job (``subseed`` None: no variation)."""
+
+    seed: int
+    subseed: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class RenderSettings:
-    """Everything that decides the images of one job (``count`` images with seeds ``seed``, ``seed + 1``, ...).
+    """Everything that decides the images of one job (``count`` images; seeds as :meth:`image_seeds` says).
 
     ``prompt`` is the prompt as the user typed it, hypernet tags included (a tag from the ``hypernet`` option is
     appended to it); the worker removes the tags before the text encoder sees it, as A1111 does.
-    ``checkpoint`` is the checkpoint setting the job was made with.
+    ``checkpoint`` is the checkpoint setting the job was made with.  ``schedule`` is A1111's "Schedule type"
+    ("Automatic": the one the sampler name implies).  ``rng`` is A1111's noise source: "GPU" (A1111's default,
+    and what an infotext without ``RNG`` means), "NV" or "CPU".  ``subseed``/``subseed_strength`` are the
+    variation seed and its strength (0: none), ``seed_resize_from`` the (width, height) the noise is made for
+    first ("Seed resize from"), ``eta_noise_seed_delta`` A1111's ENSD.
     """
 
     prompt: str
@@ -54,16 +75,53 @@ class RenderSettings:
     height: int = 512
     count: int = 1
     checkpoint: str = "tiny"
+    schedule: str = "Automatic"
+    clip_skip: int = 1
+    rng: str = "GPU"
+    eta_noise_seed_delta: int = 0
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         _, tags = parse_hypernet_tags(self.prompt)
         if [name.strip() for name, _ in tags] != [h.name for h in self.hypernets]:
             raise ValueError(f"the prompt's hypernet tags {[n for n, _ in tags]} do not match its hypernetworks "
                              f"{[h.name for h in self.hypernets]}")
+        if self.rng not in NOISE_SOURCES:
+            raise ValueError(f"unknown RNG source {self.rng!r}; valid sources: {', '.join(NOISE_SOURCES)}")
+        if self.schedule not in SCHEDULE_TYPES:
+            raise ValueError(f"unknown schedule type {self.schedule!r}; valid types: {', '.join(SCHEDULE_TYPES)}")
+        if not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
+            raise ValueError(f"clip skip must lie between 1 and {MAX_CLIP_SKIP}, got {self.clip_skip}")
+        if self.subseed_strength and self.subseed is None:
+            raise ValueError("a variation strength needs a variation seed")
+        if self.seed_resize_from is not None and min(self.seed_resize_from) <= 0:
+            raise ValueError(f"seed resize sizes must be positive, got {self.seed_resize_from}")
 
     def batch_key(self) -> tuple[object, ...]:
-        """Settings with equal keys can share one UNet batch (prompts, hypernets and seeds may differ)."""
-        return (self.width, self.height, self.steps, self.sampler)
+        """Settings with equal keys can share one UNet batch (prompts, hypernets, seeds and noise may differ).
+
+        The sampler counts by what it computes: "DPM++ 2M Karras" and "DPM++ 2M" with schedule Karras batch
+        together.  Unknown names key by their text (the renderer refuses them with a message)."""
+        try:
+            spec, schedule = resolve_sampler_and_schedule(self.sampler, self.schedule)
+        except ValueError:
+            return (self.width, self.height, self.steps, self.sampler, self.schedule)
+        return (self.width, self.height, self.steps, spec.algorithm, schedule)
+
+    @property
+    def variation(self) -> bool:
+        """Whether a variation seed takes part (A1111 ignores the variation seed at strength 0)."""
+        return self.subseed is not None and self.subseed_strength != 0
+
+    def image_seeds(self) -> list[ImageSeed]:
+        """Each image's seeds, A1111's rule: seeds ``seed + k``; with a variation, every image keeps ``seed`` and the
+        variation seeds step instead (``subseed + k``) — a batch of variations of one picture."""
+        if self.variation:
+            assert self.subseed is not None
+            return [ImageSeed(self.seed, self.subseed + k) for k in range(self.count)]
+        return [ImageSeed(self.seed + k, None) for k in range(self.count)]
 
     @property
     def encoder_prompt(self) -> str:

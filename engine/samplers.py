@@ -1,12 +1,8 @@
-"""A1111 1.8 sampler names and schedule types, what each name means, and (for now) a diffusers stand-in.
+"""A1111 1.8 sampler names and schedule types, and what each name means to :mod:`engine.sampling`.
 
 Torch-free on purpose: the bot imports this to offer the sampler choices and to reject unknown names before a job is
-queued.  Two consumers read a :class:`SamplerSpec`:
-
-* ``engine.sampling`` (the A1111-exact sampler) reads ``algorithm``, ``family``, ``default_schedule``,
-  ``discard_penultimate_sigma`` and ``second_order`` — the facts A1111's sampler table records for each name;
-* ``engine.worker.renderer.make_scheduler`` (the older diffusers path, kept until the new sampler is wired in) reads
-  ``scheduler_class``, ``options`` and ``noise``.  Names diffusers has no exact match for get the nearest scheduler.
+queued.  A :class:`SamplerSpec` records the facts A1111's sampler table records for each name: the update rule
+(``algorithm``), its family, the schedule the name implies, and the flags that change step and evaluation counts.
 
 Names are A1111 1.8's, including the names that carry the schedule ("DPM++ 2M Karras" = DPM++ 2M with the Karras
 schedule); A1111 1.9+ still reads those when an image's parameters are pasted, and writes the base name plus a
@@ -18,12 +14,13 @@ A1111 1.8 also lists DPM fast, DPM adaptive, Restart and LCM; they are not imple
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
 __all__ = [
     "DEFAULT_SAMPLER",
+    "NOISE_SOURCES",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SCHEDULE_TYPES",
@@ -37,11 +34,13 @@ __all__ = [
     "resolve_schedule",
 ]
 
-NoiseKind = Literal["none", "generator", "brownian"]
 Family = Literal["k-diffusion", "timesteps"]
 
 #: A1111's schedule types ("Automatic" = the one the sampler name implies, Uniform for names without a suffix).
 SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform")
+#: A1111's "RNG" setting: ``GPU`` (its default; an infotext without ``RNG`` means it), ``NV`` (A1111's CPU
+#: emulation of CUDA's generator) and ``CPU`` (torch's CPU generator).
+NOISE_SOURCES: tuple[str, ...] = ("GPU", "NV", "CPU")
 #: Names A1111 1.8 lists that this project does not implement (their maths is not in docs/a1111-sampling.md).
 UNSUPPORTED_A1111_SAMPLERS: tuple[str, ...] = ("DPM fast", "DPM adaptive", "Restart", "LCM")
 
@@ -50,29 +49,23 @@ UNSUPPORTED_A1111_SAMPLERS: tuple[str, ...] = ("DPM fast", "DPM adaptive", "Rest
 class SamplerSpec:
     """One A1111 sampler name and what it means.
 
-    For ``engine.sampling``: ``algorithm`` names the update rule (k-diffusion's function name without ``sample_``,
-    or ``ddim``/``plms``/``unipc``); ``family`` is "k-diffusion" (sigma schedule, CFG on the denoised prediction) or
-    "timesteps" (DDIM/PLMS/UniPC: A1111's own timestep grid, CFG on eps); ``default_schedule`` is what "Automatic"
-    means for this name; ``discard_penultimate_sigma`` and ``second_order`` are A1111's flags of the same meaning
-    (second order: a step costs two model evaluations, and A1111 resolves prompt-editing steps against
-    ``2 * steps - 1`` evaluations).  ``base_name`` is the name without its schedule suffix (A1111 1.9+'s name).
-
-    For the diffusers path: ``scheduler_class`` is a class name in ``diffusers``; ``options`` override the
-    checkpoint's scheduler config; ``noise``: "none", "generator" (``step()`` draws from per-image generators) or
-    "brownian" (a Brownian tree seeded per image).  ``schedule_type``: what A1111 1.9+ writes as "Schedule type"
-    for the combined names (None for names without a suffix).  ``unet_calls_per_step``: 2 for second-order samplers.
+    ``algorithm`` names the update rule (k-diffusion's function name without ``sample_``, or
+    ``ddim``/``plms``/``unipc``); ``family`` is "k-diffusion" (sigma schedule, CFG on the denoised prediction) or
+    "timesteps" (DDIM/PLMS/UniPC: A1111's own timestep grid, CFG on eps); ``schedule_type`` is the schedule a
+    combined name carries ("Karras" for "DPM++ 2M Karras", None for a base name) and :attr:`default_schedule` what
+    "Automatic" means for the name.  ``discard_penultimate_sigma`` and ``second_order`` are A1111's flags of the
+    same meaning (second order: a step costs two model evaluations, and A1111 resolves prompt-editing steps against
+    ``2 * steps``).  ``uses_ensd``: the sampler draws step noise, so A1111's eta noise seed delta changes its images
+    and A1111 writes ``ENSD`` into their infotext.  ``base_name`` is the name without its schedule suffix.
     """
 
     name: str
-    scheduler_class: str
-    options: Mapping[str, object] = field(default_factory=dict)
-    noise: NoiseKind = "none"
-    unet_calls_per_step: int = 1
-    schedule_type: str | None = None
-    algorithm: str = ""
+    algorithm: str
     family: Family = "k-diffusion"
+    schedule_type: str | None = None
     discard_penultimate_sigma: bool = False
     second_order: bool = False
+    uses_ensd: bool = False
     base_name: str = ""
 
     @property
@@ -81,55 +74,37 @@ class SamplerSpec:
         return self.schedule_type or "Uniform"
 
 
-_LINSPACE = {"timestep_spacing": "linspace"}
-_KARRAS = {"use_karras_sigmas": True}
-_EXPONENTIAL = {"use_exponential_sigmas": True}
-_DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2, **_LINSPACE}
-_DPMPP_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **_LINSPACE}
-_DPMPP_2M_SDE_HEUN = {**_DPMPP_2M_SDE, "solver_type": "heun"}
-_DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, **_LINSPACE}
-_DPMPP_2S = {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True, **_LINSPACE}
-_SUFFIX_OPTIONS = {None: {}, "Karras": _KARRAS, "Exponential": _EXPONENTIAL}
-
-
-def _k(base: str, algorithm: str, scheduler_class: str, options: Mapping[str, object], *, schedules: tuple = (None,),
-       noise: NoiseKind = "none", second_order: bool = False, discard: bool = False) -> list[SamplerSpec]:
+def _k(base: str, algorithm: str, *, schedules: tuple[str | None, ...] = (None,), ancestral: bool = False,
+       second_order: bool = False, discard: bool = False) -> list[SamplerSpec]:
     """The k-diffusion names of one base sampler: the base name and its "... Karras" / "... Exponential" names."""
-    return [SamplerSpec(f"{base} {schedule}" if schedule else base, scheduler_class,
-                        {**options, **_SUFFIX_OPTIONS[schedule]}, noise=noise, unet_calls_per_step=2 if second_order else 1,
-                        schedule_type=schedule, algorithm=algorithm, discard_penultimate_sigma=discard,
-                        second_order=second_order, base_name=base)
+    return [SamplerSpec(f"{base} {schedule}" if schedule else base, algorithm, schedule_type=schedule,
+                        discard_penultimate_sigma=discard, second_order=second_order, uses_ensd=ancestral,
+                        base_name=base)
             for schedule in schedules]
 
 
-def _t(name: str, algorithm: str, scheduler_class: str, options: Mapping[str, object] | None = None) -> SamplerSpec:
-    return SamplerSpec(name, scheduler_class, options or {}, algorithm=algorithm, family="timesteps", base_name=name)
+def _t(name: str, algorithm: str) -> SamplerSpec:
+    return SamplerSpec(name, algorithm, family="timesteps", base_name=name)
 
 
 _PLAIN_KARRAS = (None, "Karras")
 _ALL_THREE = (None, "Karras", "Exponential")
 _SPECS = (
-    *_k("Euler a", "euler_ancestral", "EulerAncestralDiscreteScheduler", _LINSPACE, noise="generator"),
-    *_k("Euler", "euler", "EulerDiscreteScheduler", _LINSPACE),
-    *_k("LMS", "lms", "LMSDiscreteScheduler", _LINSPACE, schedules=_PLAIN_KARRAS),
-    *_k("Heun", "heun", "HeunDiscreteScheduler", _LINSPACE, second_order=True),
-    *_k("DPM2", "dpm_2", "KDPM2DiscreteScheduler", _LINSPACE, schedules=_PLAIN_KARRAS, second_order=True, discard=True),
-    *_k("DPM2 a", "dpm_2_ancestral", "KDPM2AncestralDiscreteScheduler", _LINSPACE, schedules=_PLAIN_KARRAS,
-        noise="generator", second_order=True, discard=True),
-    *_k("DPM++ 2S a", "dpmpp_2s_ancestral", "DPMSolverSinglestepScheduler", _DPMPP_2S, schedules=_PLAIN_KARRAS,
-        second_order=True),
-    *_k("DPM++ 2M", "dpmpp_2m", "DPMSolverMultistepScheduler", _DPMPP_2M, schedules=_PLAIN_KARRAS),
-    *_k("DPM++ SDE", "dpmpp_sde", "DPMSolverSDEScheduler", _LINSPACE, schedules=_PLAIN_KARRAS, noise="brownian",
-        second_order=True),
-    *_k("DPM++ 2M SDE", "dpmpp_2m_sde", "DPMSolverMultistepScheduler", _DPMPP_2M_SDE, schedules=_ALL_THREE,
-        noise="generator"),
-    *_k("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", "DPMSolverMultistepScheduler", _DPMPP_2M_SDE_HEUN,
-        schedules=_ALL_THREE, noise="generator"),
-    *_k("DPM++ 3M SDE", "dpmpp_3m_sde", "DPMSolverMultistepScheduler", _DPMPP_3M_SDE, schedules=_ALL_THREE,
-        noise="generator", discard=True),
-    _t("DDIM", "ddim", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
-    _t("PLMS", "plms", "PNDMScheduler", {"skip_prk_steps": True}),
-    _t("UniPC", "unipc", "UniPCMultistepScheduler"),
+    *_k("Euler a", "euler_ancestral", ancestral=True),
+    *_k("Euler", "euler"),
+    *_k("LMS", "lms", schedules=_PLAIN_KARRAS),
+    *_k("Heun", "heun", second_order=True),
+    *_k("DPM2", "dpm_2", schedules=_PLAIN_KARRAS, second_order=True, discard=True),
+    *_k("DPM2 a", "dpm_2_ancestral", schedules=_PLAIN_KARRAS, ancestral=True, second_order=True, discard=True),
+    *_k("DPM++ 2S a", "dpmpp_2s_ancestral", schedules=_PLAIN_KARRAS, ancestral=True, second_order=True),
+    *_k("DPM++ 2M", "dpmpp_2m", schedules=_PLAIN_KARRAS),
+    *_k("DPM++ SDE", "dpmpp_sde", schedules=_PLAIN_KARRAS, second_order=True),
+    *_k("DPM++ 2M SDE", "dpmpp_2m_sde", schedules=_ALL_THREE),
+    *_k("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", schedules=_ALL_THREE),
+    *_k("DPM++ 3M SDE", "dpmpp_3m_sde", schedules=_ALL_THREE, discard=True),
+    _t("DDIM", "ddim"),
+    _t("PLMS", "plms"),
+    _t("UniPC", "unipc"),
 )
 
 #: Every accepted name, in the order a menu should show them.

@@ -74,12 +74,20 @@ class DeletedUserData:
 _PLAIN_FIELDS = ("id", "user_id", "guild_id", "channel_id", "parent_job_id", "origin", "status", "error_kind",
                  "error_message", "attempts", "created_at", "started_at", "finished_at", "duration_s",
                  "interaction_token", "interaction_created_at", "message_id")
+# RenderSettings fields stored in the column of the same name (hypernets and seed_resize_from are built below).
 _SETTINGS_COLUMNS = ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "width", "height", "count",
-                     "checkpoint")
+                     "checkpoint", "schedule", "clip_skip", "rng", "eta_noise_seed_delta", "subseed",
+                     "subseed_strength")
+_INSERT_COLUMNS = ("user_id", "guild_id", "channel_id", "parent_job_id", "origin", *_SETTINGS_COLUMNS,
+                   "seed_resize_width", "seed_resize_height", "created_at", "interaction_token",
+                   "interaction_created_at")
+_INSERT_JOB = f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({','.join('?' * len(_INSERT_COLUMNS))})"
 
 
 def _job(row: sqlite3.Row, hypernets: Sequence[HypernetRef]) -> Job:
-    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets))
+    resize = row["seed_resize_width"], row["seed_resize_height"]
+    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets),
+                              seed_resize_from=None if None in resize else resize)
     return Job(**{f: row[f] for f in _PLAIN_FIELDS}, settings=settings,
                image_paths=tuple(json.loads(row["image_paths_json"])), warnings=tuple(json.loads(row["warnings_json"])))
 
@@ -115,20 +123,18 @@ class JobStore(Repository):
 
     async def create(self, new: NewJob) -> Job:
         s = new.settings
-        if not -_INT64 <= s.seed < _INT64:
-            raise ValueError(f"seed must fit in 64 bits, got {s.seed}")
+        for what, value in (("seed", s.seed), ("variation seed", s.subseed), ("ENSD", s.eta_noise_seed_delta)):
+            if value is not None and not -_INT64 <= value < _INT64:
+                raise ValueError(f"{what} must fit in 64 bits, got {value}")
         async with self._db.transaction() as tx:
             if new.parent_job_id is not None and await tx.fetchval(
                     "SELECT 1 FROM jobs WHERE id = ?", (new.parent_job_id,)) is None:
                 raise NotFound("Job", new.parent_job_id)
-            job_id = await tx.insert(
-                "INSERT INTO jobs (user_id, guild_id, channel_id, parent_job_id, origin, prompt, negative_prompt,"
-                " seed, steps, cfg_scale, sampler, width, height, count, checkpoint, created_at,"
-                " interaction_token, interaction_created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (new.user_id, new.guild_id, new.channel_id, new.parent_job_id, new.origin, s.prompt,
-                 s.negative_prompt, s.seed, s.steps, float(s.cfg_scale), s.sampler, s.width, s.height, s.count,
-                 s.checkpoint, self._clock(), new.interaction_token, new.interaction_created_at),
-            )
+            resize = s.seed_resize_from or (None, None)
+            job_id = await tx.insert(_INSERT_JOB, (
+                new.user_id, new.guild_id, new.channel_id, new.parent_job_id, new.origin,
+                *(getattr(s, c) for c in _SETTINGS_COLUMNS), *resize, self._clock(), new.interaction_token,
+                new.interaction_created_at))
             await tx.executemany(
                 "INSERT INTO job_hypernets (job_id, position, name, sha256, multiplier) VALUES (?,?,?,?,?)",
                 [(job_id, i, h.name, h.sha256, float(h.multiplier)) for i, h in enumerate(s.hypernets)],

@@ -18,6 +18,7 @@ Semantics: ``/work/shared/docs/a1111-conditioning.md``; decisions and figures: `
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from engine.conditioning.and_split import AndPart, split_and
 from engine.conditioning.emphasis import Segment, parse_emphasis
@@ -30,6 +31,20 @@ from engine.conditioning.errors import (
 )
 from engine.conditioning.plan import DEFAULT_LIMITS, Limits, PromptLength, PromptPlanner
 from engine.conditioning.schedules import ScheduleEntry, prompt_schedule
+
+if TYPE_CHECKING:  # what the lazy names below are, for the type checker (importing them needs torch)
+    from engine.conditioning.batch import PromptEncoder, PromptRequest, ScheduledCond, WeightedSchedule, cond_at_step
+    from engine.conditioning.checker_api import learned_conditioning, multicond_learned_conditioning
+    from engine.conditioning.embedding_dir import load_embeddings_dir
+    from engine.conditioning.embeddings import (
+        Embedding,
+        EmbeddingSet,
+        SkippedEmbedding,
+        embedding_from_object,
+        load_embedding_safetensors,
+        save_embedding_safetensors,
+    )
+    from engine.conditioning.tokenizer import load_clip_tokenizer
 
 _TORCH_BACKED = {
     "learned_conditioning": "checker_api",

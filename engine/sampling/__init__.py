@@ -16,7 +16,13 @@ Two ways in:
 from engine.sampling.cfg import GuidedModel, ModelFn, ModelRows, RowGuidance, combine_guidance, model_rows
 from engine.sampling.control import Evaluation, OnStep, SamplingCancelled, ShouldStop, StepReport
 from engine.sampling.noise_plan import NoiseNeeds, NoisePlan, NoiseStream
-from engine.sampling.plan import SamplingPlan, evaluation_counts, plan_sampling, sd_alphas_cumprod
+from engine.sampling.plan import (
+    SamplingPlan,
+    alphas_cumprod_from_config,
+    evaluation_counts,
+    plan_sampling,
+    sd_alphas_cumprod,
+)
 from engine.sampling.reference import batch_rows, initial_noise, sample, sigmas
 from engine.sampling.sources import NOISE_SOURCES, make_generator
 from engine.sampling.start_noise import RowSeed
@@ -37,6 +43,7 @@ __all__ = [
     "SamplingPlan",
     "ShouldStop",
     "StepReport",
+    "alphas_cumprod_from_config",
     "batch_rows",
     "combine_guidance",
     "evaluation_counts",

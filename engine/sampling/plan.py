@@ -7,8 +7,9 @@ from them) — and they all follow from (sampler, schedule, steps, alphas_cumpro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from engine.sampling.start_noise import RowSeed
 from engine.sampling.timestep_samplers import TRun, ddim, plms
 from engine.sampling.unipc import unipc
 
-__all__ = ["SamplingPlan", "evaluation_counts", "plan_sampling", "sd_alphas_cumprod"]
+__all__ = ["SamplingPlan", "alphas_cumprod_from_config", "evaluation_counts", "plan_sampling", "sd_alphas_cumprod"]
 
 _NEXT_IS_ZERO = ("heun", "dpm_2", "dpmpp_sde")        # second order, but a plain Euler step onto sigma 0
 _DOWN_IS_ZERO = ("dpm_2_ancestral", "dpmpp_2s_ancestral")  # ... onto sigma_down 0
@@ -101,8 +102,11 @@ class SamplingPlan:
 
     @property
     def prompt_schedule_steps(self) -> int:
-        """The step count A1111 resolves prompt editing against (``[a:b:0.5]``): 2 * steps - 1 for second order."""
-        return self.steps * 2 - 1 if self.spec.second_order else self.steps
+        """The step count A1111 resolves prompt editing against (``[a:b:0.5]``): twice the steps for second order.
+
+        A1111's ``SamplerData.total_steps`` doubles the steps of a second-order sampler even though its last step
+        makes one evaluation (Heun 20 steps: schedule over 40, 39 evaluations), so the fractions land as there."""
+        return self.steps * 2 if self.spec.second_order else self.steps
 
     def guided_model(self, model: ModelFn, guidance: Sequence[RowGuidance], *,
                      should_stop: ShouldStop | None = None) -> GuidedModel:
@@ -157,7 +161,24 @@ def plan_sampling(sampler: str | SamplerSpec, schedule: str, steps: int, alphas_
 
 def sd_alphas_cumprod() -> torch.Tensor:
     """Stable Diffusion 1.x/2.x's alphas_cumprod (ldm's scaled-linear betas, float64 cumprod, stored float32)."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return alphas_cumprod_from_config({})
+
+
+def alphas_cumprod_from_config(config: Mapping[str, Any]) -> torch.Tensor:
+    """A checkpoint's alphas_cumprod from its diffusers scheduler config (the betas its model was trained with).
+
+    SD 1.x/2.x use ldm's scaled-linear betas, which gives exactly :func:`sd_alphas_cumprod`; "linear" betas are
+    accepted too.  Anything else (trained betas, cosine) is refused: A1111's samplers are defined for these two.
+    """
+    schedule = config.get("beta_schedule", "scaled_linear")
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    count = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None or schedule not in ("scaled_linear", "linear"):
+        raise ValueError(f"unsupported noise schedule {schedule!r} (SD 1.x/2.x checkpoints use scaled_linear)")
+    if schedule == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, count, dtype=torch.float64) ** 2
+    else:
+        betas = torch.linspace(start, end, count, dtype=torch.float64)
     return torch.cumprod(1 - betas, dim=0).float()
 
 

@@ -20,11 +20,11 @@ from typing import Protocol
 
 import torch
 
+from engine.samplers import NOISE_SOURCES
 from engine.sampling.philox import PhiloxGenerator
 
 __all__ = ["NOISE_SOURCES", "RowGenerator", "make_generator", "move_to"]
 
-NOISE_SOURCES: tuple[str, ...] = ("CPU", "NV", "GPU")
 
 
 class RowGenerator(Protocol):

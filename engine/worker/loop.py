@@ -247,7 +247,13 @@ class Worker:
             log.warning("out of memory with %d jobs; retrying in halves", len(requests))
             self._split(renderer, requests, nets, done)
             return
-        except RequestError as exc:  # the renderer refused an option: find the job(s) at fault, spare the rest
+        except RequestError as exc:  # the renderer refused an option: fail the job(s) at fault, spare the rest
+            at_fault = [r for r in requests if r.job_id == exc.job_id]
+            if at_fault:
+                self._fail(at_fault[0], FailureKind.BAD_REQUEST, f"This request cannot be rendered: {_first_line(exc)}")
+                done.add(at_fault[0].job_id)
+                self._render(renderer, [r for r in requests if r.job_id not in done], nets)
+                return
             if len(requests) > 1:
                 self._split(renderer, requests, nets, done)
                 return

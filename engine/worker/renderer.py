@@ -1,16 +1,23 @@
 """The generation pipeline: one UNet batch for several users' requests, each with its own settings and hypernets.
 
-Why our own denoising loop instead of ``StableDiffusionPipeline.__call__``: one batch mixes requests that differ in
-prompt, negative prompt, CFG scale, seeds and hypernet chain, and the stock loop has one of each per call.
+Why our own pipeline instead of ``StableDiffusionPipeline.__call__``: one batch mixes requests that differ in
+prompt, negative prompt, CFG scale, seeds, noise settings, clip skip and hypernet chain, and the stock pipeline
+has one of each per call; and pasted A1111 infotexts must give A1111's latents, which diffusers' schedulers do
+not (``docs/sampling.md``).  The pieces:
 
-Rows: a request contributes ``count`` images (seeds ``seed``, ``seed + 1``, ...).  The UNet sees ``2 x rows``
-samples, ``[uncond rows..., cond rows...]``; both halves carry the row's hypernet chain (A1111 applies hypernets to
-the unconditional branch too).  Each row has its own CPU ``torch.Generator`` seeded with its seed: it draws the start
-latents and then any sampler noise, and DPM++ SDE gets one Brownian tree per row.  Prompts are encoded one distinct
-text at a time.  Together this makes an image the same alone or inside any batch (up to float rounding of batched
-kernels, ~1e-6 on CPU), and bit-identical when the same batch is rendered again.
+* :class:`engine.worker.batch_rows.BatchRows` — the batch as image rows (A1111's seeds per image) and the distinct
+  prompts they need;
+* :class:`engine.conditioning.PromptEncoder` — A1111's prompt semantics, every prompt of the batch in one text
+  encoder pass;
+* :mod:`engine.sampling` — A1111's noise, schedules, samplers and CFG, per row;
+* :class:`engine.worker.unet_model.BatchUNet` — the UNet over the model rows, each with its own context and
+  hypernets.
 
-Cancelling: ``should_stop(step)`` runs before every UNet pass.  ``True`` cancels everything (raises
+Every random number of a row comes from that row's own generators, and contexts of different lengths never share a
+UNet call, so an image is the same alone or inside any batch (up to float rounding of batched kernels, ~1e-6 on
+CPU), and bit-identical when the same batch is rendered again.
+
+Cancelling: ``should_stop(step)`` runs before every model evaluation.  ``True`` cancels everything (raises
 :class:`Cancelled`); a collection of job ids cancels just those jobs: their rows leave the UNet batch (the rest keep
 their exact images, since rows never share randomness) and they get no :class:`RenderOutput`.  When every job is
 cancelled :class:`Cancelled` is raised.
@@ -23,33 +30,49 @@ import math
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from PIL import Image, PngImagePlugin
 
+from engine.conditioning import ConditioningError, EmbeddingSet, PromptEncoder, PromptRequest
 from engine.fit import ModelShape, fit_note
 from engine.hypernet import Hypernetwork
-from engine.hypernet.attention import PerSampleHypernets, install_hypernet_processors
-from engine.infotext import build_infotext
-from engine.protocol import GenerateRequest, RenderSettings
-from engine.samplers import SamplerSpec, resolve_sampler
+from engine.hypernet.attention import install_hypernet_processors
+from engine.protocol import GenerateRequest
+from engine.samplers import resolve_sampler_and_schedule
+from engine.sampling import (
+    Evaluation,
+    RowGuidance,
+    SamplingCancelled,
+    SamplingPlan,
+    StepReport,
+    alphas_cumprod_from_config,
+    plan_sampling,
+)
+from engine.settings_infotext import settings_infotext
+from engine.worker.batch_rows import BatchRows
 from engine.worker.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_device, resolve_dtype
+from engine.worker.unet_model import BatchUNet
 
-__all__ = ["Cancelled", "RenderOutput", "Renderer", "RequestError", "make_scheduler"]
+__all__ = ["MAX_SEED", "Cancelled", "RenderOutput", "Renderer", "RequestError"]
 
 MAX_SEED = 2**64 - 1
 
 OnStep = Callable[[int, int], None]
 ShouldStop = Callable[[int], bool | Collection[int]]
+Cancelled = SamplingCancelled  # the whole batch was cancelled between evaluations; nothing was produced
 
 
 class RequestError(ValueError):
-    """A batch the engine cannot render as asked (incompatible settings, bad size, missing hypernet...)."""
+    """A batch the engine cannot render as asked (incompatible settings, bad size, missing hypernet...).
 
+    ``job_id`` names the one job at fault when there is one, so the worker can fail it and render the rest; the
+    message is then about that job alone and reads well to its user.
+    """
 
-class Cancelled(Exception):
-    """The whole batch was cancelled between steps; nothing was produced."""
+    def __init__(self, message: str, job_id: int | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 @dataclass(slots=True)
@@ -63,38 +86,17 @@ class RenderOutput:
     warnings: list[str] = field(default_factory=list)
 
 
-def make_scheduler(spec: SamplerSpec, base_config: Mapping[str, Any]) -> Any:
-    """A fresh scheduler for ``spec`` from the checkpoint's scheduler config (never shared between batches)."""
-    import diffusers
-
-    cls = getattr(diffusers, spec.scheduler_class)
-    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    return cls.from_config({**config, **spec.options})  # keys another scheduler class uses are ignored
-
-
-@dataclass(slots=True)
-class _Rows:
-    """The batch flattened to image rows (parallel lists), built by ``Renderer._rows``."""
-
-    job: list[int] = field(default_factory=list)
-    seed: list[int] = field(default_factory=list)
-    prompt: list[str] = field(default_factory=list)
-    negative: list[str] = field(default_factory=list)
-    scale: list[float] = field(default_factory=list)
-    chain: list[list[tuple[Hypernetwork, float]]] = field(default_factory=list)
-
-
 class Renderer:
     """A loaded checkpoint on one device, with hypernet processors installed on its UNet (once).
 
     Build with :meth:`load`.  Attributes the worker reads: ``device``, ``dtype`` (UNet/VAE/text encoder),
     ``hypernet_dtype`` (the dtype hypernets compute in), ``context_dim`` (768 for SD 1.x, 1024 for SD 2.x),
     ``attention_widths`` (self-attention widths of the UNet), ``shape`` (both, for the fit check),
-    ``model_name``, ``model_hash``, ``checkpoint``.
+    ``model_name``, ``model_hash``, ``checkpoint``; ``encoder`` is the prompt encoder (with its embeddings).
     """
 
     def __init__(self, parts: LoadedCheckpoint, *, checkpoint: str, device: torch.device, dtype: torch.dtype,
-                 hypernet_dtype: torch.dtype) -> None:
+                 hypernet_dtype: torch.dtype, embeddings: EmbeddingSet | None = None) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
@@ -104,8 +106,9 @@ class Renderer:
         self.unet = parts.unet.to(device)
         self.vae = parts.vae.to(device)
         self.text_encoder = parts.text_encoder.to(device)
-        self.tokenizer = parts.tokenizer
-        self.scheduler_config: dict[str, Any] = dict(parts.scheduler_config)
+        self.encoder = PromptEncoder(self.text_encoder, parts.tokenizer, embeddings)
+        self.alphas_cumprod = alphas_cumprod_from_config(parts.scheduler_config)
+        self.v_prediction = parts.scheduler_config.get("prediction_type", "epsilon") == "v_prediction"
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.context_dim = int(self.unet.config.cross_attention_dim)
         self.attention_widths = frozenset(
@@ -118,7 +121,8 @@ class Renderer:
         return ModelShape(self.context_dim, self.attention_widths)
 
     @classmethod
-    def load(cls, checkpoint: str, device: str = "auto", dtype: str = "auto", hypernet_dtype: str = "auto") -> Renderer:
+    def load(cls, checkpoint: str, device: str = "auto", dtype: str = "auto", hypernet_dtype: str = "auto", *,
+             embeddings: EmbeddingSet | None = None) -> Renderer:
         """Load a checkpoint ("tiny", a diffusers folder, a .safetensors/.ckpt file or a hub id) onto a device.
 
         ``device`` auto = CUDA when available; ``dtype`` auto = float16 on CUDA, float32 on CPU; ``hypernet_dtype``
@@ -131,12 +135,13 @@ class Renderer:
         if dev.type != "cuda" and hypernet_dtype in ("", "auto"):
             hn_dtype = torch.float32
         parts = load_checkpoint(checkpoint, model_dtype)
-        return cls(parts, checkpoint=checkpoint, device=dev, dtype=model_dtype, hypernet_dtype=hn_dtype)
+        return cls(parts, checkpoint=checkpoint, device=dev, dtype=model_dtype, hypernet_dtype=hn_dtype,
+                   embeddings=embeddings)
 
     # ---- checks -------------------------------------------------------------------------------------------
 
-    def validate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork]) -> SamplerSpec:
-        """Raise :class:`RequestError` (a ValueError) for a batch this engine cannot render; return its sampler."""
+    def validate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork]) -> SamplingPlan:
+        """Raise :class:`RequestError` (a ValueError) for a batch this engine cannot render; return its plan."""
         if not requests:
             raise RequestError("empty batch: nothing to render")
         first_req = requests[0]
@@ -147,26 +152,41 @@ class Renderer:
                                    f"sampler must match ({first_req.batch_key()} vs {req.batch_key()})")
         if len({r.job_id for r in requests}) != len(requests):
             raise RequestError("the same job id appears twice in one batch")
-        spec = resolve_sampler(first.sampler)
-        if first.steps < 1:
-            raise RequestError(f"steps must be at least 1, got {first.steps}")
+        job = first_req.job_id if len(requests) == 1 else None
+        try:
+            spec, schedule = resolve_sampler_and_schedule(first.sampler, first.schedule)
+            plan = plan_sampling(spec, schedule, first.steps, self.alphas_cumprod)
+        except ValueError as exc:
+            raise RequestError(str(exc), job) from None
         f = self.vae_scale_factor
         if min(first.width, first.height) < f or first.width % f or first.height % f:
-            raise RequestError(f"width and height must be positive multiples of {f}, got {first.width}x{first.height}")
+            raise RequestError(f"width and height must be positive multiples of {f}, got {first.width}x{first.height}",
+                               job)
         for req in requests:
-            s = req.settings
-            if s.count < 1:
-                raise RequestError(f"job {req.job_id}: count must be at least 1, got {s.count}")
-            if not math.isfinite(s.cfg_scale):
-                raise RequestError(f"job {req.job_id}: CFG scale must be a finite number, got {s.cfg_scale}")
-            if s.seed < 0 or s.seed + s.count - 1 > MAX_SEED:
-                raise RequestError(f"job {req.job_id}: seeds must lie between 0 and {MAX_SEED}, got {s.seed}")
-            for ref in s.hypernets:
-                if ref.multiplier != 0 and ref.sha256 not in hypernets:
-                    raise RequestError(f"job {req.job_id}: hypernetwork {ref.name!r} ({ref.sha256[:10]}) is not loaded")
-                if not math.isfinite(ref.multiplier):
-                    raise RequestError(f"job {req.job_id}: multiplier of {ref.name!r} must be finite")
-        return spec
+            self._validate_request(req, hypernets, plan)
+        return plan
+
+    def _validate_request(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], plan: SamplingPlan) -> None:
+        s, job = req.settings, req.job_id
+        if s.count < 1:
+            raise RequestError(f"count must be at least 1, got {s.count}", job)
+        if not math.isfinite(s.cfg_scale) or not math.isfinite(s.subseed_strength):
+            raise RequestError("CFG scale and variation strength must be finite numbers", job)
+        seeds = s.image_seeds()
+        for what, values in (("seeds", [i.seed for i in seeds]), ("variation seeds", [i.subseed for i in seeds])):
+            if any(v is not None and not 0 <= v <= MAX_SEED for v in values):
+                raise RequestError(f"{what} must lie between 0 and {MAX_SEED}", job)
+        for ref in s.hypernets:
+            if ref.multiplier != 0 and ref.sha256 not in hypernets:
+                raise RequestError(f"hypernetwork {ref.name!r} ({ref.sha256[:10]}) is not loaded", job)
+            if not math.isfinite(ref.multiplier):
+                raise RequestError(f"the multiplier of {ref.name!r} must be finite", job)
+        for text, positive in ((s.encoder_prompt, True), (s.negative_prompt, False)):
+            try:
+                self.encoder.plan(PromptRequest(text, plan.prompt_schedule_steps, s.clip_skip, positive))
+            except ConditioningError as exc:
+                side = "prompt" if positive else "negative prompt"
+                raise RequestError(f"the {side} cannot be used: {exc}", job) from None
 
     def hypernet_warnings(self, hn: Hypernetwork, name: str) -> list[str]:
         """Why a hypernet does less than its user expects on this model (sizes that match no attention layer)."""
@@ -176,21 +196,36 @@ class Renderer:
     # ---- generation ---------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
-                 on_step: OnStep | None = None, should_stop: ShouldStop | None = None) -> list[RenderOutput]:
+                 on_step: OnStep | None = None, should_stop: ShouldStop | None = None,
+                 on_report: Callable[[StepReport], None] | None = None) -> list[RenderOutput]:
         """Render compatible requests (same size, steps and sampler) in one UNet batch; see the module docstring.
 
         ``hypernets`` maps ``HypernetRef.sha256`` to a loaded hypernetwork (ideally already on ``device`` in
-        ``hypernet_dtype``).  ``on_step(done, steps)`` runs after each sampling step.  Returns one output per request
-        not cancelled, in request order.  Raises :class:`RequestError` for a bad batch, :class:`Cancelled`, and lets
+        ``hypernet_dtype``).  ``on_step(done, total)`` runs after each sampler step (``total`` is the sampler's step
+        count: A1111's DDIM/PLMS/UniPC grids can differ from ``steps`` by one); ``on_report`` gets each step's
+        latents and denoised prediction (rows in request order; for previews and tests).  Returns one output per
+        request not cancelled, in request order.  Raises :class:`RequestError` for a bad batch, :class:`Cancelled`, and lets
         everything else (``torch.cuda.OutOfMemoryError`` included) propagate.
         """
-        spec = self.validate(requests, hypernets)
-        warnings = {r.job_id: self._request_warnings(r, hypernets) for r in requests}
-        rows = self._rows(requests, hypernets)
+        plan = self.validate(requests, hypernets)
+        notes = {r.job_id: self._request_warnings(r, hypernets) for r in requests}
+        rows = BatchRows.build(requests, hypernets, prompt_steps=plan.prompt_schedule_steps, device=self.device)
+        first = requests[0].settings
         with torch.no_grad():  # not inference_mode: the hypernet processor keys its cache on tensor versions
-            embeds = self._encode(rows, warnings)
-            latents, kept = self._denoise(requests[0].settings, spec, rows, embeds, on_step, should_stop)
-            return self._finish(requests, rows, latents, kept, spec, warnings)
+            conds = self.encoder.encode(rows.prompts)
+            guidance = [RowGuidance(row.cfg_scale, tuple(part.weight for part in conds[row.prompt]))
+                        for row in rows.rows]
+            model = BatchUNet(self.unet, rows, conds, dtype=self.dtype, hypernet_dtype=self.hypernet_dtype,
+                              view=plan.view, v_prediction=self.v_prediction)
+            guided = plan.guided_model(model, guidance, should_stop=_row_stop(should_stop, rows))
+            shape = (int(self.unet.config.in_channels), first.height // self.vae_scale_factor,
+                     first.width // self.vae_scale_factor)
+            noise = plan.draw_noise([row.seed for row in rows.rows], shape, self.device)
+            with warnings.catch_warnings():
+                # torchsde complains about float rounding at the ends of the Brownian interval; harmless.
+                warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+                latents = plan.run(guided, noise, _step_report(on_step, on_report))
+            return self._finish(requests, rows, latents, set(guided.active), notes)
 
     def _request_warnings(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork]) -> list[str]:
         out: list[str] = []
@@ -199,114 +234,6 @@ class Renderer:
             name = next(r.name for r in used if r.sha256 == digest)
             out += self.hypernet_warnings(hypernets[digest], name)
         return out
-
-    @staticmethod
-    def _rows(requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork]) -> _Rows:
-        rows = _Rows()
-        for req in requests:
-            s = req.settings
-            # Multiplier 0 is an identity in A1111 (x + y * 0); leaving it out saves work and changes nothing.
-            chain = [(hypernets[ref.sha256], float(ref.multiplier)) for ref in s.hypernets if ref.multiplier != 0]
-            text = s.encoder_prompt
-            for k in range(s.count):
-                rows.job.append(req.job_id)
-                rows.seed.append(s.seed + k)
-                rows.prompt.append(text)
-                rows.negative.append(s.negative_prompt)
-                rows.scale.append(float(s.cfg_scale))
-                rows.chain.append(chain)
-        return rows
-
-    def _encode(self, rows: _Rows, warnings: Mapping[int, list[str]]) -> torch.Tensor:
-        """Text embeddings ``[negatives..., prompts...]``; each distinct text is encoded alone (batch-independent)."""
-        tok = self.tokenizer
-        limit = tok.model_max_length
-        embeddings: dict[str, torch.Tensor] = {}
-        too_long: dict[str, bool] = {}
-        for job, negative, prompt in zip(rows.job, rows.negative, rows.prompt, strict=True):
-            for text, what in ((negative, "negative prompt"), (prompt, "prompt")):
-                if text not in embeddings:
-                    ids = tok(text, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
-                    embeddings[text] = self.text_encoder(ids.input_ids.to(self.device))[0][0]
-                    too_long[text] = len(tok(text, truncation=False, verbose=False).input_ids) > limit
-                msg = f"the {what} is longer than {limit - 2} tokens; the rest was ignored"
-                if too_long[text] and msg not in warnings[job]:
-                    warnings[job].append(msg)
-        return torch.stack([embeddings[t] for t in rows.negative + rows.prompt])
-
-    def _denoise(self, first: RenderSettings, spec: SamplerSpec, rows: _Rows, embeds: torch.Tensor,
-                 on_step: OnStep | None, should_stop: ShouldStop | None) -> tuple[torch.Tensor, list[int]]:
-        """Run the sampler; return the final latents of all rows and the rows still wanted (not cancelled)."""
-        n = len(rows.seed)
-        scheduler = make_scheduler(spec, self.scheduler_config)
-        scheduler.set_timesteps(first.steps, device=self.device)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in rows.seed]
-        shape = (1, self.unet.config.in_channels, first.height // self.vae_scale_factor,
-                 first.width // self.vae_scale_factor)
-        latents = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-        latents = latents.to(self.device) * scheduler.init_noise_sigma
-        if spec.noise == "brownian":
-            scheduler.noise_sampler_seed = list(rows.seed)  # one Brownian tree per row (diffusers' batched tree)
-        step_kwargs: dict[str, Any] = {"generator": generators} if spec.noise == "generator" else {}
-        scales = torch.tensor(rows.scale, dtype=torch.float32, device=self.device).view(-1, 1, 1, 1)
-        active = list(range(n))  # rows still rendered (others belong to jobs cancelled mid-batch)
-        phn = self._chains(rows, active)
-        done = 0
-        passes = len(scheduler.timesteps)  # > steps for second-order samplers (two UNet passes per step) and PLMS
-        with warnings.catch_warnings():
-            # torchsde complains about float rounding at the ends of the Brownian interval; harmless.
-            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
-            for p, t in enumerate(scheduler.timesteps, start=1):
-                if should_stop is not None:
-                    active = self._still_wanted(should_stop(done), rows, active)
-                    if len(phn.chains) != 2 * len(active):
-                        phn = self._chains(rows, active)
-                latents = self._step(scheduler, t, latents, embeds, scales, active, phn, step_kwargs)
-                now_done = p * first.steps // passes
-                if now_done > done:
-                    done = now_done
-                    if on_step is not None:
-                        on_step(done, first.steps)
-        return latents, active
-
-    @staticmethod
-    def _still_wanted(stop: bool | Collection[int], rows: _Rows, active: list[int]) -> list[int]:
-        """Apply ``should_stop``'s answer: True cancels all, a set of job ids drops those jobs' rows."""
-        if isinstance(stop, bool):
-            if stop:
-                raise Cancelled()
-            return active
-        if not stop:
-            return active
-        cancelled = set(stop)
-        keep = [i for i in active if rows.job[i] not in cancelled]
-        if not keep:
-            raise Cancelled()
-        return keep
-
-    def _step(self, scheduler: Any, t: torch.Tensor, latents: torch.Tensor, embeds: torch.Tensor, scales: torch.Tensor,
-              active: list[int], phn: PerSampleHypernets, step_kwargs: dict[str, Any]) -> torch.Tensor:
-        """One UNet pass over the active rows (uncond + cond), per-row CFG, one scheduler step over all rows."""
-        n = latents.shape[0]
-        if len(active) == n:
-            x, emb, s = latents, embeds, scales
-        else:
-            idx = torch.tensor(active, device=self.device)
-            x, s = latents.index_select(0, idx), scales.index_select(0, idx)
-            emb = embeds.index_select(0, torch.cat([idx, idx + n]))
-        x_in = scheduler.scale_model_input(torch.cat([x, x]), t).to(self.dtype)
-        out = self.unet(x_in, t, encoder_hidden_states=emb, cross_attention_kwargs={"hypernets": phn}).sample
-        uncond, cond = out.float().chunk(2)
-        guided = uncond + s * (cond - uncond)
-        if len(active) != n:
-            full = torch.zeros_like(latents)  # cancelled rows get a harmless prediction; their result is dropped
-            full.index_copy_(0, idx, guided)
-            guided = full
-        return scheduler.step(guided, t, latents, **step_kwargs).prev_sample
-
-    def _chains(self, rows: _Rows, active: Sequence[int]) -> PerSampleHypernets:
-        chains = [rows.chain[i] for i in active]
-        return PerSampleHypernets(chains + chains, compute_dtype=self.hypernet_dtype)
 
     def _decode(self, latent: torch.Tensor) -> Image.Image:
         """One image at a time: bounded VAE memory, and a row's pixels do not depend on its batch-mates."""
@@ -322,25 +249,24 @@ class Renderer:
         array = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(array, mode="RGB")
 
-    def _finish(self, requests: Sequence[GenerateRequest], rows: _Rows, latents: torch.Tensor, kept_rows: list[int],
-                spec: SamplerSpec, warnings: Mapping[int, list[str]]) -> list[RenderOutput]:
-        kept = set(kept_rows)
+    def _finish(self, requests: Sequence[GenerateRequest], rows: BatchRows, latents: torch.Tensor, kept: set[int],
+                notes: Mapping[int, list[str]]) -> list[RenderOutput]:
         outputs: list[RenderOutput] = []
         for req in requests:
-            idx = [i for i, job in enumerate(rows.job) if job == req.job_id and i in kept]
+            idx = [i for i in rows.of_job(req.job_id) if i in kept]
             if not idx:
                 continue
+            s = req.settings
+            used = self.encoder.embeddings_used([PromptRequest(s.encoder_prompt, 1, s.clip_skip),
+                                                 PromptRequest(s.negative_prompt, 1, s.clip_skip, positive=False)])
+            hashes = [(e.name, e.short_hash) for e in used if e.short_hash]
             images = [self._decode(latents[i]) for i in idx]
-            seeds = [rows.seed[i] for i in idx]
-            pngs = [self._png(image, self.infotext(req, spec.name, seed)) for image, seed in zip(images, seeds, strict=True)]
-            outputs.append(RenderOutput(req.job_id, images, pngs, seeds, list(warnings[req.job_id])))
+            pngs = [self._png(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
+                                                       embeddings=hashes))
+                    for k, image in enumerate(images)]
+            outputs.append(RenderOutput(req.job_id, images, pngs, [rows.rows[i].seed.seed for i in idx],
+                                        list(notes[req.job_id])))
         return outputs
-
-    def infotext(self, req: GenerateRequest, sampler: str, seed: int) -> str:
-        """A1111's ``parameters`` text for one image of ``req`` (hypernet tags stay in the prompt line)."""
-        s = req.settings
-        return build_infotext(s.infotext_prompt, s.negative_prompt, s.steps, sampler, s.cfg_scale, seed, s.width,
-                              s.height, self.model_name, self.model_hash, extra={"RNG": "CPU"})
 
     @staticmethod
     def _png(image: Image.Image, parameters: str) -> bytes:
@@ -349,6 +275,35 @@ class Renderer:
         buf = io.BytesIO()
         image.save(buf, format="PNG", pnginfo=info)
         return buf.getvalue()
+
+
+def _row_stop(should_stop: ShouldStop | None, rows: BatchRows) -> Callable[[Evaluation], bool | list[int]] | None:
+    """The worker's per-step, per-job answer as the sampler's per-evaluation, per-row one."""
+    if should_stop is None:
+        return None
+
+    def ask(at: Evaluation) -> bool | list[int]:
+        answer = should_stop(at.step)
+        if isinstance(answer, bool):
+            return answer
+        jobs = set(answer)
+        return [i for i, row in enumerate(rows.rows) if row.job_id in jobs]
+
+    return ask
+
+
+def _step_report(on_step: OnStep | None, on_report: Callable[[StepReport], None] | None
+                 ) -> Callable[[StepReport], None] | None:
+    if on_step is None and on_report is None:
+        return None
+
+    def report(step: StepReport) -> None:
+        if on_report is not None:
+            on_report(step)
+        if on_step is not None:
+            on_step(step.done, step.total)
+
+    return report
 
 
 def _is_attention(module: torch.nn.Module) -> bool:

@@ -6,8 +6,9 @@ text context 768) with few layers, so real A1111 hypernetwork files — whose mo
 widths — apply to it unchanged, while a 64x64 image renders in a fraction of a second on one CPU core.
 
 Everything is built offline from configs with a fixed seed, so two processes build bit-identical
-weights.  The tokenizer is a real byte-level BPE ``CLIPTokenizer`` (77 tokens, bos/eos/pad) built from
-a generated vocabulary, so different prompts really give different embeddings.
+weights.  The tokenizer is SD1.5's own CLIP tokenizer (shipped in ``engine/assets/clip_tokenizer``), so token
+counts, 75-token chunks, embeddings' names and every prompt message are what they are on a real checkpoint; the
+text encoder has SD1.x's vocabulary and width with two small layers.
 
 Each call builds fresh modules (engines move them to a device/dtype and install attention processors
 in place, so they must not be shared); only the tokenizer is cached per process.
@@ -16,12 +17,13 @@ in place, so they must not be shared); only the tokenizer is cached per process.
 from __future__ import annotations
 
 import functools
-import itertools
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from engine.conditioning import load_clip_tokenizer
 
 TINY_SEED = 20240229
 CONTEXT_DIM = 768
@@ -42,17 +44,6 @@ SCHEDULER_CONFIG: dict[str, object] = {
     "trained_betas": None,
 }
 
-# Words that become single tokens, so a prompt tokenizes roughly word by word like CLIP's does.
-_COMMON_WORDS = (
-    "a an the of and with in on at by for to from photo portrait painting drawing art style detailed "
-    "woman man girl boy cat dog bird horse dragon castle city forest mountain sky sea ocean river lake "
-    "water fire earth air ice light dark night day sun moon star red blue green yellow black white gold "
-    "silver beautiful elemental magic fantasy landscape face hair eyes dress armor sword flower tree "
-    "masterpiece best quality high resolution realistic anime cinematic lighting blurry ugly bad low "
-    "hands text watermark"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class TinyComponents:
     """The parts of a Stable Diffusion pipeline, as the engine uses them."""
@@ -62,62 +53,6 @@ class TinyComponents:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler_config: dict[str, object]
-
-
-def _byte_alphabet() -> list[str]:
-    """One printable character per byte value (the byte-level BPE convention): printable ASCII and
-    Latin-1 characters stand for themselves; the remaining bytes are shifted above U+0100."""
-    direct = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    shifted = 0
-    chars: list[str] = []
-    for b in range(256):
-        if b in direct:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + shifted))
-            shifted += 1
-    return chars
-
-
-def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Byte-pair encoding of one word: repeatedly merge the adjacent pair with the lowest rank."""
-    while len(pieces) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(itertools.pairwise(pieces))]
-        rank, i = min(pairs)
-        if rank == len(ranks):
-            break
-        pieces = [*pieces[:i], pieces[i] + pieces[i + 1], *pieces[i + 2 :]]
-    return pieces
-
-
-def build_tokenizer() -> CLIPTokenizer:
-    """A CLIP-style tokenizer from a generated vocabulary: every byte (plain and word-final ``</w>``)
-    plus merges that make ``_COMMON_WORDS`` single tokens; bos/eos/pad as in CLIP, 77 tokens max."""
-    vocab: dict[str, int] = {}
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    alphabet = _byte_alphabet()
-    for ch in alphabet:
-        add(ch)
-    for ch in alphabet:
-        add(ch + "</w>")
-    ranks: dict[tuple[str, str], int] = {}
-    for word in _COMMON_WORDS.split():
-        # Tokenize the word with the merges so far, then merge what is left left to right.  New merges rank
-        # after all earlier ones, so words added before keep tokenizing to one token.
-        pieces = _apply_merges([*word[:-1], word[-1] + "</w>"], ranks)
-        left = pieces[0]
-        for right in pieces[1:]:
-            ranks.setdefault((left, right), len(ranks))
-            add(left + right)
-            left = left + right
-    add("<|startoftext|>")
-    add("<|endoftext|>")
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(ranks))
-    tokenizer.model_max_length = MAX_TOKENS
-    return tokenizer
 
 
 def _build_unet() -> UNet2DConditionModel:
@@ -155,9 +90,24 @@ def _build_vae() -> AutoencoderKL:
     )
 
 
+def _token_embedding(vocab_size: int) -> torch.nn.Embedding:
+    """CLIP's 49408 x 768 token table without drawing 38M random numbers at every start-up (~0.4 s).
+
+    Row ``i`` is ``low[i % 256] + high[i // 256]`` for two small random tables, so every token still gets its own
+    vector (no two ids share both parts) and the weights are as deterministic as the rest of the model.
+    """
+    low = torch.randn(256, CONTEXT_DIM) * 0.02
+    high = torch.randn((vocab_size + 255) // 256, CONTEXT_DIM) * 0.02
+    ids = torch.arange(vocab_size)
+    return torch.nn.Embedding.from_pretrained(low[ids % 256] + high[ids // 256], freeze=True)
+
+
 def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    vocab_size = len(tokenizer)
+    # The config is made for the real vocabulary (what every reader of it sees); the model is built with a
+    # one-row table that _token_embedding replaces at once.
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=CONTEXT_DIM,
         intermediate_size=1024,
         num_hidden_layers=2,
@@ -167,12 +117,21 @@ def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config)
+    model = CLIPTextModel(CLIPTextConfig(**{**config.to_dict(), "vocab_size": 1, "bos_token_id": None,
+                                             "eos_token_id": None, "pad_token_id": None}))
+    model.set_input_embeddings(_token_embedding(vocab_size))
+    model.config = config
+    model.eos_token_id = config.eos_token_id  # read by the pooled output; copied from the config at construction
+    # A freshly initialised LayerNorm has zero bias, so every output row would average to ~0, and A1111's emphasis
+    # (rescale to the original mean) would divide by ~0.  A trained CLIP's final norm has a bias; give ours one
+    # whose mean is clearly away from 0.
+    torch.nn.init.normal_(getattr(model, "text_model", model).final_layer_norm.bias, mean=0.3, std=0.1)
+    return model
 
 
 @functools.cache
 def _tokenizer() -> CLIPTokenizer:
-    return build_tokenizer()
+    return load_clip_tokenizer()
 
 
 def build_tiny() -> TinyComponents:

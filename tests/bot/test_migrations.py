@@ -225,7 +225,9 @@ async def test_a_real_version_1_database_migrates_and_reads_back_the_same(tmp_pa
         negative_prompt="blurry, low quality", hypernets=(HypernetRef("waterElemental_10", WATER, 0.7),
                                                           HypernetRef("fireSpirit", FIRE, 1.2)),
         seed=42, steps=20, cfg_scale=7.5, sampler="DPM++ 2M Karras", width=768, height=512, count=2,
-        checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5")
+        checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5", rng="CPU")
+    # Version-1 jobs drew their noise from torch's CPU generator: migration 0003 keeps that for their rerolls.
+    assert {j.settings.rng for j in jobs.values()} == {"CPU"}
     assert (two.status, two.image_paths, two.duration_s) == ("done", ("2/0.png", "2/1.png"), 8.25)
     assert two.warnings and "fireSpirit" in two.warnings[0]
     three = jobs[3]

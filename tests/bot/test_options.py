@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.advanced_options import AdvancedOptions
 from bot.config import LimitSettings
 from bot.options import SAMPLER_NAMES, OptionError, build_settings, size_choices, step_multiplier
 from bot.store import Hypernet
@@ -81,3 +82,46 @@ def test_multiplier_steps_clamp_and_stop_at_bounds() -> None:
     assert step_multiplier(0.7, 1, LIMITS) == 0.8
     assert step_multiplier(1.95, 1, LIMITS) == 2.0
     assert step_multiplier(2.0, 1, LIMITS) is None and step_multiplier(-1.0, -1, LIMITS) is None
+
+
+# ---- A1111's advanced settings ------------------------------------------------------------------------------------
+
+
+def test_any_a1111_sampler_name_in_any_case_is_accepted_in_its_spelling() -> None:
+    assert settings(sampler="dpm++ 2m sde karras").sampler == "DPM++ 2M SDE Karras"
+    with pytest.raises(OptionError, match=r"^A1111's sampler `DPM fast` is not supported here; choose one of: Euler a"):
+        settings(sampler="DPM fast")
+
+
+def test_advanced_defaults_are_a1111s() -> None:
+    s = settings()
+    assert (s.schedule, s.clip_skip, s.rng, s.eta_noise_seed_delta, s.subseed, s.subseed_strength,
+            s.seed_resize_from) == ("Automatic", 1, "GPU", 0, None, 0.0, None)
+
+
+def test_advanced_options_reach_the_settings() -> None:
+    s = settings(advanced=AdvancedOptions(schedule="karras", clip_skip=2, variation_seed=7, variation_strength=0.35,
+                                          seed_resize_from="512x768", ensd=31337, rng="nv"))
+    assert (s.schedule, s.clip_skip, s.subseed, s.subseed_strength, s.seed_resize_from, s.eta_noise_seed_delta,
+            s.rng) == ("Karras", 2, 7, 0.35, (512, 768), 31337, "NV")
+
+
+def test_a_variation_strength_without_a_seed_draws_one_and_0x0_means_no_resize() -> None:
+    s = settings(advanced=AdvancedOptions(variation_strength=0.5, seed_resize_from="0x0"))
+    assert s.subseed is not None and 0 <= s.subseed < 2**32 and s.seed_resize_from is None
+
+
+@pytest.mark.parametrize(("advanced", "message"), [
+    (AdvancedOptions(schedule="Simple"), "Unknown schedule type `Simple`; choose one of: Automatic, Uniform, Karras"),
+    (AdvancedOptions(clip_skip=13), "Clip skip must be between 1 and 12 (2 for most anime checkpoints); you gave 13."),
+    (AdvancedOptions(variation_strength=1.5), "Variation strength must be between 0 and 1; you gave 1.5."),
+    (AdvancedOptions(variation_seed=2**32), "The variation seed must be between 0 and 4294967295"),
+    (AdvancedOptions(seed_resize_from="512 by 512"), "Seed resize `512 by 512` is not of the form WIDTHxHEIGHT"),
+    (AdvancedOptions(seed_resize_from="500x512"), "Seed resize sides must be multiples of 8 between 8 and 2048"),
+    (AdvancedOptions(ensd=-1), "ENSD must be between 0 and 4294967295 (31337 is the usual one); you gave -1."),
+    (AdvancedOptions(rng="XPU"), "Unknown noise source `XPU`; choose one of: GPU, NV, CPU (GPU is A1111's default)."),
+])
+def test_advanced_refusals_say_what_to_do(advanced: AdvancedOptions, message: str) -> None:
+    with pytest.raises(OptionError) as info:
+        settings(advanced=advanced)
+    assert str(info.value).startswith(message), str(info.value)

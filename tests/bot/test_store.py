@@ -102,6 +102,25 @@ async def test_job_lifecycle(store: Store, clock: Clock) -> None:
 
 
 @pytest.mark.asyncio
+async def test_every_a1111_setting_reads_back(store: Store) -> None:
+    fields = dict(sampler="DPM++ 2M", schedule="Karras", clip_skip=2, rng="NV", eta_noise_seed_delta=31337,
+                  subseed=99, subseed_strength=0.25, seed_resize_from=(640, 448))
+    job = await store.jobs.create(new_job(**fields))
+    read = await store.jobs.get(job.id)
+    assert read is not None and read.settings == job.settings
+    assert {k: getattr(read.settings, k) for k in fields} == fields
+    plain = await store.jobs.get((await store.jobs.create(new_job())).id)
+    assert plain is not None and (plain.settings.rng, plain.settings.subseed, plain.settings.seed_resize_from) == (
+        "GPU", None, None)
+
+
+@pytest.mark.asyncio
+async def test_seeds_that_do_not_fit_sqlite_are_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="variation seed must fit in 64 bits"):
+        await store.jobs.create(new_job(subseed=2**64, subseed_strength=0.5))
+
+
+@pytest.mark.asyncio
 async def test_failed_and_cancelled_jobs(store: Store) -> None:
     failed = await store.jobs.create(new_job(interaction_token="t1"))
     cancelled = await store.jobs.create(new_job())

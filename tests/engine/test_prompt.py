@@ -315,7 +315,8 @@ def test_format_then_parse_round_trip(name: str, multiplier: float) -> None:
     assert request("x " + tag).tags == (HypernetTag(name, multiplier + 0.0),)
 
 
-@given(st.lists(st.tuples(st.booleans(), bare_names, st.none() | multipliers), max_size=4), st.lists(words, min_size=1))
+@given(st.lists(st.tuples(st.booleans(), bare_names, st.none() | multipliers), max_size=4),
+       st.lists(words, min_size=1, max_size=10))  # at most 10 * 9 + 4 * 9 characters of text: under the limit
 def test_order_preserved_and_tags_never_leak(specs: list, filler: list[str]) -> None:
     parts: list[str] = []
     expected: list[tuple[str, float]] = []

@@ -129,5 +129,5 @@ def test_brownian_trees_use_the_rows_source_and_seed_only(alphas_cumprod, monkey
 def test_sources_refuse_what_they_cannot_reproduce():
     with pytest.raises(NotImplementedError, match="CUDA"):
         make_generator("GPU", 1, "cpu")
-    with pytest.raises(ValueError, match="CPU, NV, GPU"):
+    with pytest.raises(ValueError, match="GPU, NV, CPU"):
         make_generator("XPU", 1)

@@ -30,7 +30,7 @@ def test_evaluations_per_step(sampler, steps, per_step, alphas_cumprod):
 
 
 def test_prompt_editing_counts_evaluations_for_second_order_samplers(alphas_cumprod):
-    assert plan_sampling("Heun", "Automatic", 20, alphas_cumprod).prompt_schedule_steps == 39
+    assert plan_sampling("Heun", "Automatic", 20, alphas_cumprod).prompt_schedule_steps == 40
     assert plan_sampling("DPM++ 2M Karras", "Automatic", 20, alphas_cumprod).prompt_schedule_steps == 20
 
 

@@ -16,6 +16,7 @@ from engine.hypernet import load
 from engine.infotext import parse_infotext
 from engine.protocol import GenerateRequest, HypernetRef
 from engine.samplers import SAMPLER_NAMES
+from engine.sampling import evaluation_counts
 from engine.worker.renderer import Cancelled, Renderer, RequestError
 from tests.requests import request as make_request
 
@@ -141,7 +142,10 @@ def test_chain_order_matters(engine, nets):
 def test_every_sampler_renders_and_reports_each_step(engine, nets, sampler):
     steps: list[tuple[int, int]] = []
     [out] = engine.generate([request(sampler=sampler, steps=2)], nets, on_step=lambda i, n: steps.append((i, n)))
-    assert steps == [(1, 2), (2, 2)]  # one report per step, also for samplers that run the UNet twice a step
+    # One report per sampler step, also for samplers that run the UNet twice a step; A1111's DDIM/PLMS/UniPC grids
+    # can have a step fewer than asked for.
+    total = len(evaluation_counts(sampler, 2))
+    assert steps == [(i, total) for i in range(1, total + 1)] and total in (1, 2)
     image = pixels(out.images[0])
     assert image.shape == (64, 64, 3)
     assert image.std() > 0
@@ -178,10 +182,18 @@ def test_hypernet_for_another_model_family_warns(engine, nets):
     assert engine.generate([request(hypernets=(ref("relu320"),))], nets)[0].warnings == []
 
 
-def test_long_prompt_is_truncated_with_a_warning_for_each_job(engine, nets):
-    outs = engine.generate([request(1, prompt="zebra " * 100), request(2, prompt="zebra " * 100, seed=3),
-                            request(3, prompt="zebra")], nets)
-    assert [any("prompt is longer than 75 tokens" in w for w in o.warnings) for o in outs] == [True, True, False]
+def test_a_200_token_prompt_renders_whole_and_without_a_warning(engine, nets):
+    words = " ".join(f"word{i}" for i in range(100))  # two tokens a word: 200 tokens, three chunks of 75
+    [long] = engine.generate([request(prompt=words)], nets)
+    [first_chunk] = engine.generate([request(prompt=" ".join(words.split()[:37]))], nets)
+    assert long.warnings == []
+    assert np.abs(pixels(long.images[0]) - pixels(first_chunk.images[0])).max() > 0  # the rest was not ignored
+
+
+def test_an_overlong_prompt_is_refused_naming_its_job_and_the_limit(engine, nets):
+    with pytest.raises(RequestError, match=r"the negative prompt cannot be used: .*at most 8 are allowed") as err:
+        engine.generate([request(9, negative_prompt="zebra, " * 400)], nets)
+    assert err.value.job_id == 9
 
 
 @pytest.mark.parametrize(
@@ -205,9 +217,12 @@ def test_one_job_twice_in_a_batch_is_refused(engine, nets):
     ("change", "message"),
     [
         ({"width": 60}, "multiples of 8"),
-        ({"steps": 0}, "at least 1"),
+        ({"steps": 0}, "steps must lie between 1 and 1000"),
         ({"count": 0}, "count must be at least 1"),
         ({"seed": -1}, "seeds must lie"),
+        ({"subseed": -5, "subseed_strength": 0.5}, "variation seeds must lie"),
+        ({"prompt": "(cat:1.2.3)"}, "prompt cannot be used: emphasis weight '1.2.3' is not a number"),
+        ({"clip_skip": 3}, "clip skip 3 is more than"),
         ({"cfg_scale": float("nan")}, "finite"),
         ({"hypernets": (HypernetRef("ghost", "0" * 64, 1.0),)}, "'ghost'.*not loaded"),
     ],
@@ -243,3 +258,124 @@ def test_load_errors_are_clear():
         Renderer.load("tiny", device="cpu", dtype="float64")
 
 
+
+
+# ---- A1111 prompt semantics in the render -------------------------------------------------------------------------
+
+
+def latents_by_step(engine: Renderer, nets: dict[str, object], **kw: object) -> list[torch.Tensor]:
+    """The latents after each sampler step of one request."""
+    seen: list[torch.Tensor] = []
+    engine.generate([request(**kw)], nets, on_report=lambda report: seen.append(report.x.clone()))
+    return seen
+
+
+def test_weight_one_is_the_plain_prompt_and_other_weights_are_not(engine, nets):
+    assert np.array_equal(render_one(engine, nets, prompt="a (cat:1.0)"), render_one(engine, nets, prompt="a cat"))
+    assert np.abs(render_one(engine, nets, prompt="a (cat:1.4)") - render_one(engine, nets, prompt="a cat")).max() > 0
+
+
+def test_prompt_editing_switches_halfway_on_the_latents(engine, nets):
+    common = {"sampler": "Euler", "steps": 4}
+    edited = latents_by_step(engine, nets, prompt="a [cat:dog:0.5]", **common)
+    cat = latents_by_step(engine, nets, prompt="a cat", **common)
+    dog = latents_by_step(engine, nets, prompt="a dog", **common)
+    # Evaluations 0-2 use "a cat" (A1111: the entry ends at step int(0.5 * 4) = 2, inclusive), then "a dog".
+    for step in range(3):
+        assert torch.equal(edited[step], cat[step])
+    assert not torch.allclose(edited[3], cat[3]) and not torch.allclose(edited[3], dog[3])
+
+
+def test_and_with_weight_zero_is_the_first_part_alone(engine, nets):
+    alone = render_one(engine, nets, prompt="a cat")
+    assert np.abs(render_one(engine, nets, prompt="a cat AND a dog :0") - alone).max() <= 1
+    assert np.abs(render_one(engine, nets, prompt="a cat AND a dog") - alone).max() > 0
+
+
+def test_clip_skip_two_differs_and_is_written_into_the_infotext(engine, nets):
+    [one], [two] = engine.generate([request()], nets), engine.generate([request(clip_skip=2)], nets)
+    assert np.abs(pixels(one.images[0]) - pixels(two.images[0])).max() > 0
+    assert parse_infotext(Image.open(io.BytesIO(two.pngs[0])).text["parameters"])["Clip skip"] == "2"
+    assert "Clip skip" not in parse_infotext(Image.open(io.BytesIO(one.pngs[0])).text["parameters"])
+
+
+def test_an_embedding_changes_the_image_and_is_listed_with_its_hash(nets):
+    from engine.conditioning import Embedding, EmbeddingSet
+
+    vectors = torch.randn(2, 768, generator=torch.Generator().manual_seed(3))
+    with_embedding = Renderer.load("tiny", device="cpu", embeddings=EmbeddingSet([Embedding("inkStyle", vectors,
+                                                                                            sha256="ab" * 32)]))
+    plain = Renderer.load("tiny", device="cpu")
+    [styled] = with_embedding.generate([request(prompt="a cat", negative_prompt="(inkStyle:1.2)")], nets)
+    [literal] = plain.generate([request(prompt="a cat", negative_prompt="(inkStyle:1.2)")], nets)
+    assert np.abs(pixels(styled.images[0]) - pixels(literal.images[0])).max() > 0
+    text = parse_infotext(Image.open(io.BytesIO(styled.pngs[0])).text["parameters"])
+    assert text["TI hashes"] == "inkStyle: abababababab"
+    assert "TI hashes" not in parse_infotext(Image.open(io.BytesIO(literal.pngs[0])).text["parameters"])
+
+
+# ---- A1111 noise in the render ------------------------------------------------------------------------------------
+
+
+def test_gpu_noise_is_drawn_as_nv_on_a_cpu_and_cpu_noise_differs(engine, nets):
+    gpu, nv, cpu = (render_one(engine, nets, rng=rng) for rng in ("GPU", "NV", "CPU"))
+    assert np.array_equal(gpu, nv)
+    assert np.abs(cpu - nv).max() > 10
+
+
+def test_variation_strength_one_is_the_variation_seed_for_a_deterministic_sampler(engine, nets):
+    varied = render_one(engine, nets, sampler="Euler", seed=5, subseed=9, subseed_strength=1.0)
+    assert np.abs(varied - render_one(engine, nets, sampler="Euler", seed=9)).max() <= 1
+    half = render_one(engine, nets, sampler="Euler", seed=5, subseed=9, subseed_strength=0.5)
+    assert np.abs(half - varied).max() > 0 and np.abs(half - render_one(engine, nets, sampler="Euler", seed=5)).max() > 0
+
+
+def test_variations_of_a_count_keep_the_seed_and_step_the_variation_seed(engine, nets):
+    [out] = engine.generate([request(seed=5, subseed=20, subseed_strength=0.3, count=2)], nets)
+    assert out.seeds == [5, 5]
+    texts = [parse_infotext(Image.open(io.BytesIO(png)).text["parameters"]) for png in out.pngs]
+    assert [(t["Seed"], t["Variation seed"], t["Variation seed strength"]) for t in texts] == [
+        ("5", "20", "0.3"), ("5", "21", "0.3")]
+    assert np.abs(pixels(out.images[0]) - pixels(out.images[1])).max() > 0
+
+
+def test_seed_resize_from_the_same_size_changes_nothing_and_another_size_does(engine, nets):
+    plain = render_one(engine, nets)
+    assert np.array_equal(render_one(engine, nets, seed_resize_from=(64, 64)), plain)
+    assert np.abs(render_one(engine, nets, seed_resize_from=(32, 48)) - plain).max() > 0
+
+
+def test_ensd_moves_ancestral_noise_only(engine, nets):
+    assert np.abs(render_one(engine, nets, eta_noise_seed_delta=31337) - render_one(engine, nets)).max() > 0
+    euler = {"sampler": "Euler"}
+    assert np.array_equal(render_one(engine, nets, eta_noise_seed_delta=31337, **euler),
+                          render_one(engine, nets, **euler))
+
+
+def test_mixed_noise_settings_in_one_batch_match_each_alone(engine, nets):
+    common = {"sampler": "Euler a", "steps": 3}
+    reqs = [
+        request(1, seed=5, subseed=11, subseed_strength=0.4, count=2, **common),
+        request(2, prompt="red dragon " * 30, seed=6, eta_noise_seed_delta=31337, rng="CPU", clip_skip=2, **common),
+        request(3, seed=7, seed_resize_from=(48, 48), negative_prompt="blurry AND ugly", **common),
+        request(4, prompt="a [cat|dog] AND a castle :0.5", seed=8, hypernets=(ref("swish768", 0.6),), **common),
+    ]
+    batched = engine.generate(reqs, nets)
+    for req, out in zip(reqs, batched, strict=True):
+        [alone] = engine.generate([req], nets)
+        for a, b in zip(alone.images, out.images, strict=True):
+            assert np.abs(pixels(a) - pixels(b)).max() <= 1
+        assert [Image.open(io.BytesIO(p)).text["parameters"] for p in alone.pngs] == [
+            Image.open(io.BytesIO(p)).text["parameters"] for p in out.pngs]
+
+
+def test_infotext_carries_every_noise_field_a1111_writes(engine, nets):
+    [out] = engine.generate([request(sampler="DPM++ 2M", schedule="Karras", rng="CPU", eta_noise_seed_delta=31337,
+                                     subseed=3, subseed_strength=0.25, seed_resize_from=(96, 64))], nets)
+    text = parse_infotext(Image.open(io.BytesIO(out.pngs[0])).text["parameters"])
+    assert (text["Sampler"], text["Schedule type"], text["RNG"], text["Seed resize from"]) == (
+        "DPM++ 2M", "Karras", "CPU", "96x64")
+    assert "ENSD" not in text  # DPM++ 2M draws no step noise: A1111 leaves ENSD out
+    [ancestral] = engine.generate([request(eta_noise_seed_delta=31337)], nets)
+    text = parse_infotext(Image.open(io.BytesIO(ancestral.pngs[0])).text["parameters"])
+    assert text["ENSD"] == "31337" and "RNG" not in text and "Schedule type" not in text

@@ -1,4 +1,4 @@
-"""The built-in tiny checkpoint: offline, deterministic, SD1.x attention widths, a tokenizer that really tokenizes."""
+"""The built-in tiny checkpoint: offline, deterministic, SD1.x attention widths, SD1.5's own tokenizer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.hypernet import load
-from engine.worker.tiny import CONTEXT_DIM, MAX_TOKENS, build_tiny, build_tokenizer
+from engine.worker.tiny import CONTEXT_DIM, build_tiny
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hypernetworks"
 
@@ -52,18 +52,21 @@ def test_builds_are_identical_and_leave_the_global_rng_alone(tiny):
     assert again.unet is not tiny.unet  # engines mutate their modules; each build is its own
 
 
-def test_tokenizer_is_clip_like():
-    tok = build_tokenizer()
-    assert tok.model_max_length == MAX_TOKENS == 77
-    ids = tok("water elemental woman", padding="max_length", max_length=77, truncation=True).input_ids
-    assert len(ids) == 77
-    assert ids[0] == tok.bos_token_id
-    words = tok("water elemental woman").input_ids
-    assert words[-1] == tok.eos_token_id
-    assert len(words) == 5  # common words are single tokens: bos, 3 words, eos
+def test_tokenizer_is_sd15s_and_every_token_has_its_own_vector(tiny):
+    tok = tiny.tokenizer
+    assert tok.model_max_length == 77 and len(tok) == 49408
+    assert tok("water elemental woman").input_ids == [49406, 1573, 2084, 3448, 2308, 49407]  # SD1.5 CLIP ids
     assert tok.pad_token_id == tok.eos_token_id  # SD1's CLIP pads with the end token
-    long = tok("zebra " * 200, padding="max_length", max_length=77, truncation=True).input_ids
-    assert len(long) == 77 and long[-1] == tok.eos_token_id
+    table = tiny.text_encoder.get_input_embeddings().weight
+    assert table.shape == (49408, CONTEXT_DIM) == (tiny.text_encoder.config.vocab_size, 768)
+    assert torch.unique(table, dim=0).shape[0] == 49408
+
+
+def test_hidden_states_average_away_from_zero(tiny):
+    # A1111's emphasis rescales by the ratio of two means; a mean near 0 would make (cat:1.1) explode.
+    ids = tiny.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert abs(float(tiny.text_encoder(ids)[0].mean())) > 0.1
 
 
 def test_different_prompts_give_different_embeddings(tiny):

@@ -1,0 +1,14 @@
+-- 0003: the rest of A1111's txt2img settings that decide a job's pixels (RenderSettings' new fields).
+-- Jobs written before rendered with torch's CPU generator, so they keep rng 'CPU' (a reroll of an old job draws
+-- its noise the way the original did); new jobs default to A1111's own default, 'GPU'.
+
+ALTER TABLE jobs ADD COLUMN schedule TEXT NOT NULL DEFAULT 'Automatic';
+ALTER TABLE jobs ADD COLUMN clip_skip INTEGER NOT NULL DEFAULT 1 CHECK (clip_skip BETWEEN 1 AND 12);
+ALTER TABLE jobs ADD COLUMN rng TEXT NOT NULL DEFAULT 'GPU' CHECK (rng IN ('GPU', 'NV', 'CPU'));
+ALTER TABLE jobs ADD COLUMN eta_noise_seed_delta INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN subseed INTEGER;                                  -- NULL: no variation seed
+ALTER TABLE jobs ADD COLUMN subseed_strength REAL NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN seed_resize_width INTEGER CHECK (seed_resize_width > 0);    -- both NULL or both set
+ALTER TABLE jobs ADD COLUMN seed_resize_height INTEGER CHECK (seed_resize_height > 0);
+
+UPDATE jobs SET rng = 'CPU';

@@ -1,0 +1,86 @@
+"""A batch of requests flattened to image rows, with the distinct prompts they need.
+
+Why a module of its own: the sampler, the noise plan, the text encoder and the output stage each read the batch as
+rows (one per image), but want different things from it — seeds, CFG scales, prompt indices, hypernet chains.
+Building the rows once, in request order, keeps them in step: row ``i`` is the same image everywhere.
+
+A request contributes ``count`` rows with A1111's seeds (:meth:`RenderSettings.image_seeds`).  Prompts are
+deduplicated by (text, clip skip, side), so a batch of four images of one prompt encodes it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.conditioning import PromptRequest
+from engine.hypernet import Hypernetwork
+from engine.protocol import GenerateRequest
+from engine.sampling import RowSeed
+
+__all__ = ["BatchRows", "ImageRow", "noise_source"]
+
+HypernetChain = tuple[tuple[Hypernetwork, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    """One image of the batch: its job, randomness, guidance scale, prompts (indices into
+    :attr:`BatchRows.prompts`) and hypernet chain (multiplier-0 entries left out: ``x + y * 0`` is ``x``)."""
+
+    job_id: int
+    seed: RowSeed
+    cfg_scale: float
+    prompt: int
+    negative: int
+    chain: HypernetChain
+
+
+def noise_source(rng: str, device: torch.device) -> str:
+    """The generator that draws a row's noise on ``device``.
+
+    "GPU" is A1111's default and what a pasted infotext without ``RNG`` asks for: CUDA's own generator on a CUDA
+    device, and elsewhere "NV", A1111's CPU emulation of that generator (the same stream, drawn without a GPU).
+    """
+    if rng == "GPU" and device.type != "cuda":
+        return "NV"
+    return rng
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """The rows of one batch and the distinct prompt requests they point at."""
+
+    rows: tuple[ImageRow, ...]
+    prompts: tuple[PromptRequest, ...]
+
+    @classmethod
+    def build(cls, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
+              prompt_steps: int, device: torch.device) -> BatchRows:
+        """Rows in request order; ``prompt_steps`` is the step count prompt editing resolves against."""
+        prompts: dict[PromptRequest, int] = {}
+
+        def index(text: str, clip_skip: int, positive: bool) -> int:
+            return prompts.setdefault(PromptRequest(text, prompt_steps, clip_skip, positive), len(prompts))
+
+        rows: list[ImageRow] = []
+        for req in requests:
+            s = req.settings
+            chain = tuple((hypernets[ref.sha256], float(ref.multiplier)) for ref in s.hypernets if ref.multiplier != 0)
+            prompt = index(s.encoder_prompt, s.clip_skip, True)
+            negative = index(s.negative_prompt, s.clip_skip, False)
+            source = noise_source(s.rng, device)
+            for image in s.image_seeds():
+                seed = RowSeed(image.seed, image.subseed, float(s.subseed_strength) if image.subseed is not None else 0.0,
+                               s.seed_resize_from, s.eta_noise_seed_delta, source)
+                rows.append(ImageRow(req.job_id, seed, float(s.cfg_scale), prompt, negative, chain))
+        return cls(tuple(rows), tuple(prompts))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def of_job(self, job_id: int) -> list[int]:
+        """The row indices of one job, in image order."""
+        return [i for i, row in enumerate(self.rows) if row.job_id == job_id]

@@ -1,0 +1,124 @@
+"""The model the sampler calls: the UNet over a batch whose rows each carry their own conditioning and hypernets.
+
+Why our own model function: one batch mixes users, so every model row (a row's AND part, or its negative prompt)
+has its own text conditioning — which prompt editing and alternation switch at that row's own evaluations — and its
+own hypernet chain.  :mod:`engine.sampling` decides which model rows an evaluation needs (A1111's order); this
+module gathers their contexts and runs the UNet on them.
+
+Contexts of different lengths (a 150-token prompt next to a 75-token negative prompt) cannot share one UNet call.
+A1111 (with its default "pad prompt/negative prompt" off) then runs the cond and uncond rows as separate UNet calls,
+each at its own length, rather than padding one of them — padding changes the cross-attention softmax, so the image.
+We do the same over the whole batch: model rows are grouped by context length and each group is one UNet call, so
+a row sees exactly the context it would see alone.
+
+Context tensors and hypernet plans are reused across evaluations while a row's schedule entry stays the same, so the
+hypernets' cross-attention results stay cached (they are keyed on the context tensor).
+
+v-prediction checkpoints (SD 2.x 768-v): the UNet predicts v; it is turned into eps (``eps = c_in * (v + sigma *
+x_in)``, the same conversion A1111's v denoiser implies) so that the samplers and CFG stay eps-based.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+
+from engine.conditioning import ScheduledCond, WeightedSchedule
+from engine.hypernet.attention import PerSampleHypernets
+from engine.sampling import Evaluation, ModelRows
+from engine.sampling.schedules import DiscreteSigmas
+from engine.worker.batch_rows import BatchRows, HypernetChain
+
+__all__ = ["BatchUNet", "entry_at"]
+
+_CACHE_ENTRIES = 8  # distinct (rows, schedule entries) contexts kept: alternation cycles through a few
+
+
+def entry_at(schedule: Sequence[ScheduledCond], evaluation: int) -> int:
+    """The index of the schedule entry for evaluation ``evaluation`` (from 0).
+
+    A1111's rule: the first entry whose ``end_at_step`` is at least the evaluation index; past the end (a sampler
+    that evaluates more often than the schedule's step count, e.g. PLMS's extra start-up call) it falls back to the
+    first entry, and so do we.
+    """
+    for k, entry in enumerate(schedule):
+        if evaluation <= entry.end_at_step:
+            return k
+    return 0
+
+
+class BatchUNet:
+    """``ModelFn`` for :class:`engine.sampling.GuidedModel` over one batch.
+
+    ``conds[p]`` is the encoded prompt request ``p`` of ``rows.prompts`` (its AND parts; a negative prompt has one).
+    """
+
+    def __init__(self, unet: torch.nn.Module, rows: BatchRows, conds: Sequence[Sequence[WeightedSchedule]], *,
+                 dtype: torch.dtype, hypernet_dtype: torch.dtype, view: DiscreteSigmas, v_prediction: bool = False
+                 ) -> None:
+        self.unet = unet
+        self.rows = rows
+        self.conds = conds
+        self.dtype = dtype
+        self.hypernet_dtype = hypernet_dtype
+        self.view = view
+        self.v_prediction = v_prediction
+        self.unet_calls = 0
+        self._contexts: OrderedDict[tuple[tuple[int, int, int], ...], torch.Tensor] = OrderedDict()
+        self._hypernets: dict[tuple[int, ...], PerSampleHypernets] = {}
+
+    def schedule_of(self, row: int, part: int) -> Sequence[ScheduledCond]:
+        """The schedule of batch row ``row``'s AND part ``part`` (-1: its negative prompt)."""
+        image = self.rows.rows[row]
+        if part < 0:
+            return self.conds[image.negative][0].schedule
+        return self.conds[image.prompt][part].schedule
+
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, layout: ModelRows, at: Evaluation) -> torch.Tensor:
+        keys = []
+        for row, part in zip(layout.rows, layout.parts, strict=True):
+            schedule = self.schedule_of(row, part)
+            keys.append((row, part, entry_at(schedule, at.index)))
+        lengths = [self.schedule_of(row, part)[k].cond.shape[0] for row, part, k in keys]
+        if len(set(lengths)) == 1:
+            return self._unet(x_in, t, keys, list(range(len(keys))))
+        out = torch.empty_like(x_in, dtype=torch.float32)
+        for length in dict.fromkeys(lengths):  # in order of first appearance: conds before unconds, as A1111
+            members = [k for k, n in enumerate(lengths) if n == length]
+            index = torch.tensor(members, device=x_in.device)
+            out[index] = self._unet(x_in.index_select(0, index), t.index_select(0, index), keys, members).float()
+        return out
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, keys: Sequence[tuple[int, int, int]],
+              members: Sequence[int]) -> torch.Tensor:
+        group = tuple(keys[k] for k in members)
+        context = self._context(group, x.device)
+        hypernets = self._hypernets_of(tuple(key[0] for key in group))
+        self.unet_calls += 1
+        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=context,
+                        cross_attention_kwargs={"hypernets": hypernets}).sample
+        if self.v_prediction:
+            sigma = self.view.t_to_sigma(t.cpu()).to(x.device).view(-1, 1, 1, 1)
+            c_in = 1 / (sigma ** 2 + 1) ** 0.5
+            return c_in * (out.float() + sigma * x.float())
+        return out
+
+    def _context(self, group: tuple[tuple[int, int, int], ...], device: torch.device) -> torch.Tensor:
+        cached = self._contexts.get(group)
+        if cached is not None:
+            self._contexts.move_to_end(group)
+            return cached
+        context = torch.stack([self.schedule_of(row, part)[k].cond for row, part, k in group]).to(device, self.dtype)
+        self._contexts[group] = context
+        if len(self._contexts) > _CACHE_ENTRIES:
+            self._contexts.popitem(last=False)
+        return context
+
+    def _hypernets_of(self, batch_rows: tuple[int, ...]) -> PerSampleHypernets:
+        found = self._hypernets.get(batch_rows)
+        if found is None:
+            chains: list[HypernetChain] = [self.rows.rows[r].chain for r in batch_rows]
+            found = self._hypernets[batch_rows] = PerSampleHypernets(chains, compute_dtype=self.hypernet_dtype)
+        return found
