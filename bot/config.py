@@ -129,7 +129,7 @@ class LimitSettings:
     queue_max: int = _opt(200, min=1, max=100_000)
     queue_per_user: int = _opt(5, min=1, max=1000)
     rate_per_minute: float = _opt(10.0, min=0.1, max=10_000)
-    rate_burst: int = _opt(5, min=1, max=1000)
+    rate_burst: int = _opt(10, min=1, max=1000)  # above queue_per_user: a full queue is refused as such, not as "too quick"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from PIL import Image
 from bot.app import HypercordBot
 from bot.checks import is_guild_manager
 from bot.config import LimitSettings
-from bot.errors import UserFacingError, send_ephemeral
+from bot.errors import UserFacingError, answer_error, defer_public, send_ephemeral
 from bot.jobs import derived_job
 from bot.options import OptionError, check_multiplier, random_seed, step_multiplier
 from bot.store import Job
@@ -56,15 +56,19 @@ async def _load(interaction: Interaction, job_id: int) -> Job | None:
 
 async def start_derived(interaction: Interaction, parent: Job, settings: RenderSettings, *, origin: str,
                         label: str) -> None:
-    """Start a job from a button or modal: admit, defer (a new message), store, submit, follow."""
+    """Start a job from a button or modal: check, admit, defer (a new public message), store, submit, follow.
+
+    Refusals before the deferral are plain private replies; one after it (the database locked, the engine refusing,
+    a bug) goes through :func:`bot.errors.answer_error`, which turns the public placeholder into a neutral line and
+    sends the reason privately.  Errors of item callbacks never reach the command tree's handler, hence the catch."""
     bot = hypercord(interaction)
     try:
+        await bot.jobs.check_hypernets(settings, interaction.guild_id)
         bot.jobs.admit(interaction.user.id)
     except UserFacingError as refusal:
         await send_ephemeral(interaction, refusal.message)
         return
-    response = await interaction.response.defer(thinking=True)
-    message_id = response.message_id if response is not None else None
+    message_id = await defer_public(interaction)
     new = derived_job(parent, settings, user_id=interaction.user.id,
                       channel_id=interaction.channel_id or parent.channel_id, guild_id=interaction.guild_id,
                       origin=origin, interaction_token=interaction.token,
@@ -74,7 +78,10 @@ async def start_derived(interaction: Interaction, parent: Job, settings: RenderS
         link = f"[job #{parent.id}](https://discord.com/channels/{parent.guild_id}/{parent.channel_id}/{parent.message_id})"
     header = f"↪ {label} of {link} · {interaction.user.mention}\n"
     presenter = bot.presenters.for_interaction(interaction, message_id=message_id, header=header)
-    await bot.jobs.start(new, presenter, message_id=message_id)
+    try:
+        await bot.jobs.start(new, presenter, message_id=message_id)
+    except Exception as exc:
+        await answer_error(interaction, exc, where=f"the {origin} button of job {parent.id}")
 
 
 # ---- the buttons -----------------------------------------------------------------------------------------

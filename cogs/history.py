@@ -19,7 +19,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserFacingError
+from bot.errors import UserFacingError, defer_public
 from bot.store import Job
 from cogs.autocomplete import hypernet_autocomplete
 from cogs.delivery import JobMessage
@@ -124,9 +124,10 @@ class HistoryCog(commands.Cog, name="History"):
             pngs = await asyncio.to_thread(self.bot.jobs.images.read, job.image_paths)
         except (OSError, ValueError):
             raise UserFacingError(f"The images of job #{job_id} are no longer on disk.") from None
-        response = await interaction.response.defer(thinking=True)
+        # Public: a failure after this point is answered by the tree's handler, privately (see bot.errors).
+        message_id = await defer_public(interaction)
         msg = JobMessage(self.bot, interaction.channel_id or job.channel_id, webhook=interaction.followup,
-                         message_id=response.message_id if response is not None else None,
+                         message_id=message_id,
                          token_created_at=interaction.created_at.timestamp(), upload_limit=interaction.filesize_limit)
         owner = "" if job.user_id == interaction.user.id else f" (by <@{job.user_id}>)"
         await post_result(self.bot, msg, job, pngs, header=f"Job #{job.id}{owner}, shown by {interaction.user.mention}")

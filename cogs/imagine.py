@@ -6,7 +6,9 @@ with ``app_commands.Range`` built from the settings, and :func:`bot.options.buil
 because a client can send anything.  Order of work in the callback: one indexed registry read (the models usable in
 this guild), pure validation, admission (shutdown, queue caps, rate limit), then ``defer()`` — all well inside
 Discord's 3 seconds — and only then the database write and the engine.  Refusals before the deferral are private
-(the tree's error handler answers them ephemerally) and create nothing.
+(the tree's error handler answers them ephemerally) and create nothing.  The deferral is public (the job's message
+is for everyone), so a refusal after it goes through :func:`bot.errors.defer_public`'s rule: the placeholder becomes
+a neutral line and the reason is sent privately.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserFacingError
+from bot.errors import UserFacingError, defer_public
 from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_settings, size_choices
 from bot.store import NewJob
 from cogs.autocomplete import hypernet_autocomplete
 from cogs.buttons import DYNAMIC_ITEMS
-from engine.render_settings import RenderSettings
 
 if TYPE_CHECKING:
     from bot.app import HypercordBot
@@ -108,29 +109,14 @@ class ImagineCog(commands.Cog, name="Imagine"):
         except OptionError as exc:
             raise UserFacingError(str(exc)) from None
         bot.jobs.admit(interaction.user.id)  # a full queue or the rate limit is answered privately, before deferring
-        response = await interaction.response.defer(thinking=True)
-        message_id = response.message_id if response is not None else None
-        gone = await self._gone(settings, guild_id)
-        if gone is not None:  # removed, disabled or replaced between validation and now
-            await interaction.edit_original_response(content=f"⚠️ The hypernetwork `{gone}` was just removed or "
-                                                     "disabled; pick another one.")
-            return
+        message_id = await defer_public(interaction)
         new = NewJob(user_id=interaction.user.id, guild_id=guild_id, channel_id=interaction.channel_id or 0,
                      settings=settings, origin="command", interaction_token=interaction.token,
                      interaction_created_at=interaction.created_at.timestamp())
         presenter = bot.presenters.for_interaction(interaction, message_id=message_id)
+        # A refusal from here on (a model removed meanwhile, the database locked, the engine refusing) reaches the
+        # tree's error handler, which replaces the public placeholder with a neutral line and answers privately.
         await bot.jobs.start(new, presenter, message_id=message_id)
-
-    async def _gone(self, settings: RenderSettings, guild_id: int | None) -> str | None:
-        """The first hypernet of ``settings`` that is no longer usable here as the same file, if any."""
-        if not settings.hypernets:
-            return None
-        now = await self.bot.store.hypernets.usable(guild_id)
-        for ref in settings.hypernets:
-            row = now.get(ref.name)
-            if row is None or row.sha256 != ref.sha256:
-                return ref.name
-        return None
 
 
 async def setup(bot: HypercordBot) -> None:

@@ -5,9 +5,12 @@ its presenter.  One message per job (:class:`~cogs.delivery.JobMessage` does the
 throttled edits, the 15-minute interaction token, upload limits, missing permissions).  Texts live here, so every
 way of starting a job (``/imagine``, a button, a restart) words them the same.
 
-A job that waits a long time without news would outlive its interaction token silently; so while the token is
-fresh the presenter arms a timer that moves the message to the channel (with a note on the old one) a moment
-before the token expires, and later updates go there.
+A job that waits a long time without news would outlive its interaction token silently; so from the job's first
+state on, while the token is fresh, the presenter arms a timer that moves the message to the channel (with a note
+on the old one) a moment before the token expires, and later updates go there.
+
+After a restart the job's states say it was resumed (``Job.attempts``), and the shutdown note says what really
+happens: the job stays queued and runs only if the bot is started again, and a job is resumed once only.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DiscordJobPresenter", "DiscordPresenters", "post_result", "state_text"]
 
-RESUMED_HEADER = "🔁 The bot restarted; this job was queued again.\n"
-PAUSED = "⏸ The bot is restarting; this job will continue when it is back."
-WARNING_KINDS = ("rejected", "unavailable")  # refused before rendering: shown as a warning, not an error
+#: First line of every state of a job a new bot process took over (``Job.attempts`` counts those hand-overs).
+RESUMED_HEADER = "🔁 Resumed after the bot restarted.\n"
+#: A queued job when the bot shuts down: it stays queued, and only a restart runs it (once; see JobService.reconcile).
+PAUSED = ("⏸ The bot is shutting down before this job could run. The job stays queued and runs when the bot is "
+          "started again (a job is resumed after one restart only).")
+WARNING_KINDS = ("rejected", "unavailable", "restart")  # did not render, nothing broke: a warning, not an error
 
 
 def state_text(state: JobState) -> str:
@@ -52,8 +58,17 @@ async def post_result(client: HypercordBot, msg: JobMessage, job: Job, pngs: lis
                     stem=f"hypercord_{job.id}", job_id=job.id, new_message=new_message)
 
 
+def _prefix(header: str, job: Job, outcome: Outcome | None = None) -> str:
+    """``header``, plus the resumed line for a job a new process took over — unless the outcome is that it was not."""
+    not_resumed = isinstance(outcome, Failed) and outcome.kind == "restart"
+    return f"{header}{RESUMED_HEADER}" if job.attempts and not not_resumed else header
+
+
 class DiscordJobPresenter:
-    """A :class:`~bot.jobs.presenter.JobPresenter` over one job's message; ``header`` goes before every state."""
+    """A :class:`~bot.jobs.presenter.JobPresenter` over one job's message; ``header`` goes before every state.
+
+    Nothing is posted before the first :meth:`show` or :meth:`finish`: a presenter made for a job the service then
+    refuses (the caller answers privately) leaves the message alone."""
 
     def __init__(self, client: HypercordBot, msg: JobMessage, *, header: str = "") -> None:
         self._client = client
@@ -62,14 +77,15 @@ class DiscordJobPresenter:
         self._last = f"{header}{state_text(Waiting())}"
         self._job_id: int | None = None
         self._handover: asyncio.Task[None] | None = None
-        if msg.via_token and msg.token_created_at is not None:
-            self._handover = asyncio.create_task(self._move_before_expiry(msg.token_created_at),
-                                                 name="job-message-handover")
 
     def show(self, job: Job, state: JobState) -> None:
         self._job_id = job.id
-        self._last = f"{self._header}{state_text(state)}"
+        self._last = f"{_prefix(self._header, job)}{state_text(state)}"
         self._msg.status(self._last, progress_view(job.id))
+        msg = self._msg
+        if self._handover is None and msg.via_token and msg.token_created_at is not None:
+            self._handover = asyncio.create_task(self._move_before_expiry(msg.token_created_at),
+                                                 name="job-message-handover")
 
     async def _move_before_expiry(self, token_created_at: float) -> None:
         """Post the current state once more just as the token runs out, which moves the message to the channel."""
@@ -81,7 +97,7 @@ class DiscordJobPresenter:
             self._handover.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._handover
-        header = self._header
+        header = _prefix(self._header, job, outcome)
         if isinstance(outcome, Done):
             await post_result(self._client, self._msg, job, list(outcome.images), header=header)
         elif isinstance(outcome, Cancelled):
@@ -128,4 +144,4 @@ class DiscordPresenters:
                 await msg.channel()
             except discord.HTTPException:
                 return None
-        return DiscordJobPresenter(bot, msg, header=RESUMED_HEADER)
+        return DiscordJobPresenter(bot, msg)

@@ -46,7 +46,9 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The job did not render; ``kind`` is the stored ``error_kind``, ``message`` a complete text for the user."""
+    """The job did not render; ``kind`` is the stored ``error_kind``, ``message`` a complete text for the user.
+
+    ``kind`` "restart": a job a previous bot process left unfinished that will not run (``message`` says why)."""
 
     kind: str
     message: str
@@ -61,7 +63,8 @@ class Cancelled:
 
 @dataclass(frozen=True, slots=True)
 class Paused:
-    """The bot stopped before the job ran; it stays queued for the next bot process."""
+    """The bot stopped before the job ran; it stays queued, and the next bot process resumes it — once: a job whose
+    ``attempts`` show it was resumed already ends as :class:`Failed` ("restart") instead."""
 
 
 Outcome = Done | Failed | Cancelled | Paused
@@ -71,11 +74,13 @@ class JobPresenter(Protocol):
     """Shows one job to its user (the cogs' Discord message; a recorder in tests)."""
 
     def show(self, job: Job, state: JobState) -> None:
-        """A new state; called often, returns at once (a presenter may coalesce updates)."""
+        """A new state; called often, returns at once (a presenter may coalesce updates).  ``job.attempts`` above 0
+        means a new bot process resumed the job (a presenter says so)."""
 
     async def finish(self, job: Job, outcome: Outcome) -> int | None:
-        """The final state (called once).  Returns the id of the message that now shows the job when that changed
-        or became known, for buttons and ``/show``; None otherwise.  Must not raise for delivery problems."""
+        """The final state (called once; never for a job :meth:`JobService.start` refused — the caller answers that
+        privately).  Returns the id of the message that now shows the job when that changed or became known, for
+        buttons and ``/show``; None otherwise.  Must not raise for delivery problems."""
 
 
 #: A presenter for a job found unfinished after a restart (None when it can no longer be shown anywhere).

@@ -79,14 +79,15 @@ class FairQueue:
         """
         if len(self._queued) >= self.max_queue:
             raise QueueFull(
-                f"The render queue is full ({self.max_queue} jobs waiting).",
-                retry_hint="Please try again in a minute or two.",
+                f"The render queue is full: {self.max_queue} jobs are waiting, the most it holds.",
+                retry_hint="A place frees up each time a job starts rendering; please try again in a minute or two.",
             )
         mine = self.user_jobs(user_id)
         if mine >= self.max_per_user:
             raise UserQueueFull(
-                f"You already have {mine} jobs queued or rendering (the limit is {self.max_per_user}).",
-                retry_hint="Wait for one of them to finish, or cancel one.",
+                f"You already have {mine} {'job' if mine == 1 else 'jobs'} queued or rendering; "
+                f"the limit is {self.max_per_user} at a time.",
+                retry_hint="The next slot frees up when one of them finishes; you can also cancel one.",
             )
 
     def submit(self, request: GenerateRequest) -> QueuedJob:

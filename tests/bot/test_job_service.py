@@ -7,18 +7,23 @@ job's life — what the user is shown (the presenter's states and its one outcom
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from bot.db import DatabaseBusy
 from bot.jobs import Cancelled, Done, Failed, ImageStore, JobPresenter, JobRefused, JobService, Paused, Rendering, Waiting
-from bot.jobs.service import CANNOT_POST, POSTING_FAILED, RESTARTED_TWICE, SHUTTING_DOWN
+from bot.jobs.persist import persist
+from bot.jobs.service import CANNOT_POST, NOT_RESUMED_AGAIN, POSTING_FAILED, SHUTTING_DOWN
 from bot.ratelimit import RateLimiter
 from bot.store import Job, Store
 from engine.errors import QueueFull, UserQueueFull, WorkerUnavailable
 from engine.protocol import Failure, FailureKind, Progress, Queued, Result, Started
+from engine.render_settings import HypernetRef
+from tests.bot.test_jobs_persist import locked_database
 from tests.fakes import FakeEngine, RecordingPresenter
 from tests.requests import new_job
 
@@ -119,37 +124,85 @@ async def test_shutdown_leaves_the_job_queued_for_the_next_process(service: JobS
 
 
 @pytest.mark.parametrize(("error", "kind", "text"), [
-    (QueueFull("The render queue is full (4 jobs waiting).", "Please try again in a minute or two."), "rejected",
-     "The render queue is full (4 jobs waiting). Please try again in a minute or two."),
+    (QueueFull("The render queue is full: 4 jobs are waiting, the most it holds.", "Please try again in a minute or two."),
+     "rejected", "The render queue is full: 4 jobs are waiting, the most it holds. Please try again in a minute or two."),
     (WorkerUnavailable("The image engine is not taking jobs right now."), "unavailable",
      "The image engine is not taking jobs right now. Please try again in a moment."),
 ])
-async def test_a_refused_submit_ends_the_job_at_once(service: JobService, engine: FakeEngine, store: Store,
-                                                     error: Exception, kind: str, text: str) -> None:
+async def test_a_submit_the_engine_refuses_is_recorded_and_raised_for_a_private_answer(
+        service: JobService, engine: FakeEngine, store: Store, error: Exception, kind: str, text: str) -> None:
+    service.admit(1)
+    service.admit(1)  # the whole burst of 2 is taken
     engine.submit_error = error  # type: ignore[assignment]
     presenter = RecordingPresenter()
-    job = await started(service, presenter)
-    _, outcome = await presenter.outcome()
-    assert outcome == Failed(kind, text) and presenter.states == []
-    record = await store.jobs.get(job.id)
-    assert record is not None and (record.status, record.error_kind) == ("failed", kind)
+    with pytest.raises(JobRefused) as refused:
+        await started(service, presenter)
+    assert refused.value.message == text
+    assert presenter.states == [] and presenter.outcomes == []  # the job's public message is not the place
+    [record] = await store.jobs.history(1)
+    assert (record.status, record.error_kind, record.error_message) == ("failed", kind, text)
+    engine.submit_error = None
+    service.admit(1)  # the refused job gave its rate-limit token back
 
 
-async def test_admit_checks_shutdown_then_capacity_then_the_rate(service: JobService, engine: FakeEngine,
-                                                                 clock: Clock) -> None:
-    engine.capacity_error = UserQueueFull("You already have 2 jobs queued or rendering (the limit is 2).",
-                                          "Wait for one of them to finish, or cancel one.")
+async def test_a_hypernet_gone_since_validation_is_refused_before_anything_is_written(
+        service: JobService, store: Store, engine: FakeEngine) -> None:
+    ref = HypernetRef("gone", "ab" * 32, 0.5)
+    service.admit(1)
+    service.admit(1)
+    with pytest.raises(JobRefused) as refused:
+        await started(service, RecordingPresenter(), hypernets=(ref,))
+    assert refused.value.message == ("The hypernetwork `gone` is no longer available here (it was removed, disabled or "
+                                     "replaced). Pick another one; `/hypernets list` shows those installed.")
+    assert await store.jobs.history(1) == [] and engine.handles == {}
+    service.admit(1)  # token given back
+
+
+async def test_a_database_that_stays_locked_is_raised_before_anything_exists(
+        store: Store, engine: FakeEngine, tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bot.jobs.service.persist", functools.partial(persist, delays=(0.01,)))
+    path = tmp_path / "busy.sqlite3"
+    async with await Store.open(path, busy_timeout_ms=20) as busy_store:
+        service = JobService(busy_store, engine, ImageStore(tmp_path / "images"),
+                             RateLimiter(rate_per_minute=60.0, burst=1, clock=clock))
+        service.admit(1)
+        async with locked_database(path, 0.5):
+            with pytest.raises(DatabaseBusy):
+                await started(service, RecordingPresenter())
+        assert await busy_store.jobs.history(1) == [] and engine.handles == {}
+        service.admit(1)  # token given back
+
+
+async def test_admit_names_the_limit_that_applies(service: JobService, engine: FakeEngine, clock: Clock) -> None:
+    own_queue = UserQueueFull("You already have 2 jobs queued or rendering; the limit is 2 at a time.",
+                              "The next slot frees up when one of them finishes; you can also cancel one.")
+    engine.capacity_error = own_queue
     for _ in range(3):  # refusals for the queue take no rate-limit token
         with pytest.raises(JobRefused) as refused:
             service.admit(1)
-        assert refused.value.message == ("You already have 2 jobs queued or rendering (the limit is 2). Wait for one "
-                                         "of them to finish, or cancel one.")
+        assert refused.value.message == ("You already have 2 jobs queued or rendering; the limit is 2 at a time. The "
+                                         "next slot frees up when one of them finishes; you can also cancel one.")
     engine.capacity_error = None
     service.admit(1)
     service.admit(1)  # the burst of 2
     with pytest.raises(JobRefused) as refused:
         service.admit(1)
-    assert refused.value.message == "You are generating quickly: try again in 1 s."
+    assert refused.value.message == ("You are starting jobs too quickly: this bot allows 2 in a row, then 60 a minute. "
+                                     "Wait 1 s before starting another one.")
+    engine.capacity_error = own_queue  # both limits apply: both are named, with the wait
+    with pytest.raises(JobRefused) as refused:
+        service.admit(1)
+    assert refused.value.message == (
+        "You already have 2 jobs queued or rendering; the limit is 2 at a time. The next slot frees up when one of "
+        "them finishes; you can also cancel one. You are also starting jobs too quickly: this bot allows 2 in a row, "
+        "then 60 a minute, so wait at least 1 s in any case.")
+    engine.capacity_error = QueueFull("The render queue is full: 4 jobs are waiting, the most it holds.",
+                                      "Please try again in a minute or two.")
+    with pytest.raises(JobRefused) as refused:
+        service.admit(1)
+    assert refused.value.message == "The render queue is full: 4 jobs are waiting, the most it holds. Please try again " \
+                                    "in a minute or two."
+    engine.capacity_error = None
     clock.now += 1.0
     service.admit(1)
     service.stop_accepting()
@@ -212,15 +265,43 @@ async def test_reconcile_resumes_once_and_fails_what_cannot_be_shown(service: Jo
     for job_id in (queued.id, running.id):
         record = await store.jobs.get(job_id)
         assert record is not None and (record.status, record.attempts) == ("queued", 1)
-    for job_id, message in ((twice.id, RESTARTED_TWICE), (unreachable.id, CANNOT_POST)):
+    for job_id, message in ((twice.id, NOT_RESUMED_AGAIN), (unreachable.id, CANNOT_POST)):
         record = await store.jobs.get(job_id)
         assert record is not None and (record.status, record.error_kind, record.error_message) == (
             "failed", "restart", message)
+    # The job that will not run again says why on its message.
+    _, outcome = await presenters[twice.id].outcome()
+    assert outcome == Failed("restart", "The bot stopped again before this job could run. A job is resumed after one "
+                                        "restart only, so this one will not run; please start it again.")
     engine.handles[running.id].push(Result(running.id, (PNG,), (1,), 0.5))
-    _, outcome = await presenters[running.id].outcome()
-    assert outcome == Done((PNG,))
-    await service.reconcile(presenter_for)  # a second pass finds the resumed job still followed: nothing twice
+    resumed_job, outcome = await presenters[running.id].outcome()
+    assert outcome == Done((PNG,)) and resumed_job.attempts == 1  # what the presenter shows as "resumed"
+    # Stopped again before the resumed job ran: it is not left queued for a third process.
+    engine.handles[queued.id].push(Failure(queued.id, FailureKind.SHUTDOWN, "The image engine is shutting down.",
+                                           retryable=True))
+    _, outcome = await presenters[queued.id].outcome()
+    assert outcome == Failed("restart", NOT_RESUMED_AGAIN)
+    assert (await store.jobs.get(queued.id)).status == "failed"  # type: ignore[union-attr]
+    await service.reconcile(presenter_for)  # a second pass finds nothing left to resume: nothing twice
     assert sorted(engine.handles) == [queued.id, running.id]
+
+
+async def test_a_resume_the_engine_refuses_says_why(service: JobService, engine: FakeEngine, store: Store) -> None:
+    left = await store.jobs.create(new_job(prompt="left queued"))
+    engine.submit_error = UserQueueFull("You already have 5 jobs queued or rendering; the limit is 5 at a time.",
+                                        "The next slot frees up when one of them finishes; you can also cancel one.")
+    shown = RecordingPresenter()
+
+    async def presenter_for(job: Job) -> JobPresenter | None:
+        return shown
+
+    await service.reconcile(presenter_for)
+    text = ("The bot restarted but could not resume this job. You already have 5 jobs queued or rendering; the limit is "
+            "5 at a time. The next slot frees up when one of them finishes; you can also cancel one.")
+    _, outcome = await shown.outcome()
+    assert outcome == Failed("restart", text)
+    record = await store.jobs.get(left.id)
+    assert record is not None and (record.status, record.error_message) == ("failed", text)
 
 
 async def test_cancelling_a_job_a_dead_process_left_behind(service: JobService, store: Store) -> None:

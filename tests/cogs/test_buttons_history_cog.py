@@ -5,12 +5,18 @@ left unfinished.  One module, so one bot start serves them all."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from bot.errors import NOT_COMPLETED
+from bot.jobs.persist import persist
 from engine.render_settings import HypernetRef
+from tests.bot.test_jobs_persist import locked_database
 from tests.harness import SLOW_MARKER, Harness, png_parameters
 from tests.requests import new_job
 
@@ -19,6 +25,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 def job_id_of(msg) -> int:
     return int(re.search(r"Job #(\d+)", msg.embeds[0]["title"]).group(1))
+
+
+def job_id_of_progress(msg) -> int:
+    """The job of a message still in progress, from its Cancel button's custom_id."""
+    return int(msg.find_component(label="Cancel")["custom_id"].rsplit(":", 1)[1])
 
 
 async def _make(hc: Harness, user, prompt: str) -> int:
@@ -170,6 +181,63 @@ async def test_buttons_of_a_deleted_job_say_so(hc: Harness) -> None:
     assert f"Job #{job.id} no longer exists" in (await hc.wait_ephemeral(click)).content
 
 
+async def test_reroll_of_a_model_that_is_gone_is_refused_before_deferring(hc: Harness, nets) -> None:
+    msg, _ = await _result(hc, hc.fake.member_plain, {"prompt": "soon disabled <hypernet:waterElemental:0.5>",
+                                                      "steps": 1})
+    await hc.store.hypernets.update(nets["water"].id, enabled=False)
+    try:
+        click = await hc.fake.click(hc.fake.member_plain, msg, label="Reroll")
+        answer = await hc.wait_ephemeral(click)
+    finally:
+        await hc.store.hypernets.update(nets["water"].id, enabled=True)
+    assert answer.content == ("The hypernetwork `waterElemental` is no longer available here (it was removed, disabled "
+                              "or replaced). Pick another one; `/hypernets list` shows those installed.")
+    assert click.response_type == 4 and click.ephemeral
+
+
+async def test_a_button_job_when_the_database_stays_locked_is_explained_privately(
+        hc: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    msg, _ = await _result(hc, hc.fake.member_plain, {"prompt": "locked out", "steps": 1})
+    monkeypatch.setattr("bot.jobs.service.persist", functools.partial(persist, delays=()))  # give up at once
+    before = await hc.job_count()
+    await _set_busy_timeout(hc, 100)
+    try:
+        async with locked_database(Path(hc.settings.storage.database), 1.0):  # another process holds the write lock
+            click = await hc.fake.click(hc.fake.member_manager, msg, label="Reroll")
+            private = await hc.wait_ephemeral(click)
+    finally:
+        await _set_busy_timeout(hc, 5000)
+    assert private.content == "The database is busy right now. Please try again in a moment."
+    # Deferred publicly (a new message); the reason did not land there: Discord makes the first follow-up public.
+    assert click.response_type == 5 and not click.original.ephemeral
+    assert click.original.contents == ["", NOT_COMPLETED]
+    assert await hc.job_count() == before
+
+
+async def _set_busy_timeout(hc: Harness, ms: int) -> None:
+    """How long the bot's SQLite connection waits for another process's lock (the harness opens it with 5000)."""
+    async with hc.store.db.transaction() as tx:
+        await tx.execute(f"PRAGMA busy_timeout = {int(ms)}")
+
+
+async def test_show_failing_after_its_deferral_answers_privately(hc: Harness, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    fake = hc.fake
+    job_id = await _make(hc, fake.member_plain, "shown, then broken")
+
+    async def broken_post(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug while posting")
+
+    monkeypatch.setattr(sys.modules["cogs.history"], "post_result", broken_post)  # as the bot loaded the extension
+    rec = await fake.slash(fake.member_plain, "show", {"job_id": job_id})
+    private = await hc.wait_ephemeral(rec)
+    ref = re.fullmatch(r"Something went wrong on our side \(ref `([0-9a-f]{8})`\)\. The bot's owner can find it in "
+                       r"the logs\.", private.content)
+    assert ref is not None, private.content
+    assert f"command /show failed (ref {ref.group(1)}" in caplog.text
+    assert rec.response_type == 5 and not rec.original.ephemeral and rec.original.contents == ["", NOT_COMPLETED]
+
+
 async def test_buttons_work_after_restart_and_unfinished_jobs_are_reconciled(hc: Harness, nets) -> None:
     fake = hc.fake
     old_msg, old_job = await _result(hc, fake.member_plain, {"prompt": "before restart <hypernet:fireSpirit:0.5>",
@@ -179,6 +247,10 @@ async def test_buttons_work_after_restart_and_unfinished_jobs_are_reconciled(hc:
     await hc.wait_content(lambda: running.original, "Rendering")
     waiting = await fake.slash(fake.member_admin, "imagine", {"prompt": "second", "steps": 2})
     await hc.wait_content(lambda: waiting.original, "Queued")
+    # One that was resumed once already (as after an earlier restart): the next process will not run it.
+    again = await fake.slash(fake.member_plain, "imagine", {"prompt": "third", "steps": 2, "size": "128x128"})
+    await hc.wait_content(lambda: again.original, "Queued")
+    await hc.store.jobs.bump_attempts(job_id_of_progress(again.original))
     # Rows a dead process left behind: one whose token expired (goes to the channel), one whose channel is gone.
     stale = await hc.store.jobs.create(new_job(
         fake.member_plain.id, fake.guild.id, fake.channel_general.id, prompt="stale job", seed=5, steps=1, width=64,
@@ -189,9 +261,15 @@ async def test_buttons_work_after_restart_and_unfinished_jobs_are_reconciled(hc:
 
     await hc.restart_bot()
 
+    paused = ("⏸ The bot is shutting down before this job could run. The job stays queued and runs when the bot is "
+              "started again (a job is resumed after one restart only).")
     resumed = await hc.wait_result(waiting)
-    assert "The bot restarted" in resumed.content
-    assert any("restarting" in c for c in resumed.contents)
+    assert paused in resumed.contents and resumed.content == "🔁 Resumed after the bot restarted."
+    assert any(c.startswith("🔁 Resumed after the bot restarted.\n") for c in resumed.contents)  # its states too
+    not_again = await hc.wait_content(lambda: again.original, "stopped again")
+    assert paused in not_again.contents
+    assert not_again.content == ("⚠️ The bot stopped again before this job could run. A job is resumed after one "
+                                 "restart only, so this one will not run; please start it again.")
 
     def stale_post():
         return next((m for m in fake.channel_messages(fake.channel_general)
@@ -200,7 +278,8 @@ async def test_buttons_work_after_restart_and_unfinished_jobs_are_reconciled(hc:
     await fake.wait_for(stale_post, timeout=30)
     assert (await hc.store.jobs.get(stale.id)).status == "done"
     lost_row = await fake.wait_for(lambda: _finished(hc, lost.id), timeout=10)
-    assert lost_row.status == "failed" and "can no longer post in this job's channel" in lost_row.error_message
+    assert (lost_row.status, lost_row.error_message) == (
+        "failed", "The bot restarted and could not resume this job: it can no longer post in the job's channel.")
 
     click = await fake.click(fake.member_plain, old_msg, label="+ fireSpirit")
     child = await hc.store.jobs.get(job_id_of(await hc.wait_result(click)))

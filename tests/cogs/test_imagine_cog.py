@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.errors import NOT_COMPLETED
 from bot.ratelimit import RateLimiter
 from tests.harness import SLOW_MARKER, Harness, png_parameters
 
@@ -116,32 +117,78 @@ async def test_invalid_input_is_refused_ephemerally_without_a_job(hc: Harness, n
     assert await hc.job_count() == before
 
 
-async def test_rate_limit_says_when_to_try_again(hc: Harness) -> None:
+async def test_rate_limit_says_how_long_to_wait(hc: Harness) -> None:
     saved = hc.bot.jobs.ratelimiter
-    hc.bot.jobs.ratelimiter = RateLimiter(rate_per_minute=1.0, burst=1)
+    hc.bot.jobs.ratelimiter = RateLimiter(rate_per_minute=1.0, burst=1, clock=lambda: 0.0)  # time stands still
     try:
         first = await hc.fake.slash(hc.fake.member_manager, "imagine", {"prompt": "one", "steps": 1})
         second = await hc.fake.slash(hc.fake.member_manager, "imagine", {"prompt": "two", "steps": 1})
         msg = await hc.wait_ephemeral(second)
-        assert re.search(r"try again in \d+ s", msg.content)
+        assert msg.content == ("You are starting jobs too quickly: this bot allows 1 in a row, then 1 a minute. Wait "
+                               "60 s before starting another one.")
+        assert second.response_type == 4 and second.ephemeral
         await hc.wait_result(first)
     finally:
         hc.bot.jobs.ratelimiter = saved
 
 
-async def test_user_queue_cap_says_what_to_do(hc: Harness) -> None:
+QUEUE_CAP = ("You already have 2 jobs queued or rendering; the limit is 2 at a time. The next slot frees up when one "
+             "of them finishes; you can also cancel one.")
+
+
+async def test_user_queue_cap_is_named_and_costs_no_token(hc: Harness) -> None:
     fake = hc.fake
-    slow = [await fake.slash(fake.member_admin, "imagine", {"prompt": f"{SLOW_MARKER} {i}", "steps": 2}) for i in range(2)]
-    await fake.wait_for(lambda: all(r.original and "Queued" in " ".join(r.original.contents) for r in slow))
+    saved = hc.bot.jobs.ratelimiter
+    hc.bot.jobs.ratelimiter = RateLimiter(rate_per_minute=1.0, burst=3, clock=lambda: 0.0)
+    try:
+        slow = [await fake.slash(fake.member_admin, "imagine", {"prompt": f"{SLOW_MARKER} {i}", "steps": 2})
+                for i in range(2)]
+        await fake.wait_for(lambda: all(r.original and "Queued" in " ".join(r.original.contents) for r in slow))
+        before = await hc.job_count()
+        third = await fake.slash(fake.member_admin, "imagine", {"prompt": "three", "steps": 1})
+        assert (await hc.wait_ephemeral(third)).content == QUEUE_CAP
+        assert not third.deferred  # refused privately before anything was written
+        hc.bot.jobs.ratelimiter.consume(fake.member_admin.id)  # the last token: now both limits apply
+        fourth = await fake.slash(fake.member_admin, "imagine", {"prompt": "four", "steps": 1})
+        assert (await hc.wait_ephemeral(fourth)).content == (
+            f"{QUEUE_CAP} You are also starting jobs too quickly: this bot allows 3 in a row, then 1 a minute, so wait "
+            "at least 60 s in any case.")
+        assert await hc.job_count() == before
+        for r in slow:
+            await hc.wait_result(r)
+    finally:
+        hc.bot.jobs.ratelimiter = saved
+
+
+async def test_a_model_disabled_after_validation_is_explained_privately(hc: Harness, nets,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command is already deferred publicly when the model turns out gone: the placeholder must not show the
+    reason (Discord would make an "ephemeral" first follow-up public), so it gets a neutral line and the reason is
+    sent privately."""
+    registry = hc.store.hypernets
+    real_usable = registry.usable
+    water = nets["water"]
+
+    async def usable_then_disabled(guild_id):  # an admin disables the model just after /imagine validated the tag
+        rows = await real_usable(guild_id)
+        monkeypatch.setattr(registry, "usable", real_usable)
+        await registry.update(water.id, enabled=False)
+        return rows
+
+    monkeypatch.setattr(registry, "usable", usable_then_disabled)
     before = await hc.job_count()
-    third = await fake.slash(fake.member_admin, "imagine", {"prompt": "three", "steps": 1})
-    msg = await hc.wait_ephemeral(third)
-    assert "You already have 2 jobs" in msg.content
-    assert "Wait for one of them to finish, or cancel one." in msg.content
-    assert not third.deferred  # refused privately before anything was written
+    try:
+        rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a cat hypernet:waterElemental:0.5"})
+        private = await hc.wait_ephemeral(rec)
+    finally:
+        await registry.update(water.id, enabled=True)
+    assert private.content == ("The hypernetwork `waterElemental` is no longer available here (it was removed, disabled "
+                               "or replaced). Pick another one; `/hypernets list` shows those installed.")
+    assert rec.response_type == 5 and not rec.original.ephemeral and not rec.original.loading
+    assert rec.original.contents == ["", NOT_COMPLETED]  # the reason never appeared in public
+    assert NOT_COMPLETED == ("⚠️ This request could not be completed. The reason was sent privately to the member who "
+                             "made it.")
     assert await hc.job_count() == before
-    for r in slow:
-        await hc.wait_result(r)
 
 
 async def test_cancel_by_owner_while_running(hc: Harness) -> None:

@@ -81,8 +81,8 @@ class Probe(commands.Cog):
     @app_commands.command(description="defer + followup")
     async def later(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer()
-        await interaction.followup.send("followed up")
-        await interaction.followup.send("second followup")
+        await interaction.followup.send("followed up", ephemeral=True)
+        await interaction.followup.send("second followup", ephemeral=True)
 
     @app_commands.command(description="admins only")
     @app_commands.checks.has_permissions(manage_guild=True)
@@ -265,7 +265,8 @@ async def test_followup_replaces_loading_message_and_survives_429(fake: FakeDisc
     await fake.wait_for(lambda: len(cmd.followups) == 1)
     assert inj.hits == 1
     assert cmd.original.contents == ["", "followed up"]  # the first followup edited "thinking…"
-    assert cmd.followups[0].content == "second followup"
+    assert not cmd.original.ephemeral and cmd.followup_edits == 1  # ... and stayed public, whatever its flag said
+    assert cmd.followups[0].content == "second followup" and cmd.followups[0].ephemeral
 
 
 @pytest.mark.asyncio

@@ -19,6 +19,8 @@ from tests.e2e.scenario import E2E, job_id_of
 pytestmark = [pytest.mark.asyncio(loop_scope="package"), pytest.mark.timeout(240)]
 
 SLOW = {"steps": 8, "width": 128, "height": 128}
+#: The first line of every state of a job the restarted bot took over (the whole content once it has its images).
+RESUMED = "🔁 Resumed after the bot restarted."
 
 
 async def _running_job(e2e: E2E, rec: InteractionRecord) -> int:
@@ -97,7 +99,7 @@ async def test_bot_killed_mid_job_then_restarted(e2e: E2E) -> None:
     row = e2e.job(job_id)
     assert row["attempts"] == 1 and row["error_kind"] is None
     msg = await e2e.result(rec)
-    assert msg.content.startswith("🔁 The bot restarted; this job was queued again."), msg.content
+    assert msg.content == RESUMED, msg.content
 
     # A button on a message posted by the previous process still works (it carries only the job id).
     click = await fake.click(user=fake.member_plain, message=before, label="+ animeStyle")
@@ -108,7 +110,8 @@ async def test_bot_killed_mid_job_then_restarted(e2e: E2E) -> None:
 
 async def test_sigterm_finishes_the_running_job_and_hands_back_the_queued_one(e2e: E2E) -> None:
     """SIGTERM (docker stop): no new jobs; the running batch finishes and is posted; a job still waiting is left
-    queued with a note and runs after the restart; the database is closed."""
+    queued with a note that says what will happen, and runs after the restart, saying it was resumed; the database
+    is closed."""
     fake = e2e.fake
     rec = await e2e.imagine(fake.member_plain, "interrupted by a clean shutdown", count=2, **SLOW)  # several seconds
     job_id = await _running_job(e2e, rec)
@@ -122,10 +125,14 @@ async def test_sigterm_finishes_the_running_job_and_hands_back_the_queued_one(e2
     assert e2e.job(job_id)["status"] == "done"  # the running batch was allowed to finish, and was posted
     assert rec.original is not None and len(rec.original.attachments) == 2 and rec.original.buttons()
     assert e2e.job(waiting_id)["status"] == "queued"  # handed back for the next process
-    assert waiting.original is not None and "⏸" in waiting.original.content and not waiting.original.loading
+    assert waiting.original is not None and not waiting.original.loading
+    assert waiting.original.content == ("⏸ The bot is shutting down before this job could run. The job stays queued "
+                                        "and runs when the bot is started again (a job is resumed after one restart "
+                                        "only).")
     e2e.skip_log()
 
     await e2e.bot.start()
     await e2e.wait(lambda: e2e.job(waiting_id)["status"] == "done", 120, f"job {waiting_id} to be done after the restart")
     msg = await e2e.result(waiting)
-    assert msg.attachments and msg.content.startswith("🔁 The bot restarted; this job was queued again.")
+    assert msg.attachments and msg.content == RESUMED, msg.content
+    assert any(c.startswith(f"{RESUMED}\n") for c in msg.contents), msg.contents  # its states said so too

@@ -74,7 +74,10 @@ def _resolve_attachments(fake: FakeDiscord, body: dict[str, Any], files: dict[in
 
 def apply_body(fake: FakeDiscord, payload: dict[str, Any], body: Body, *, upload_limit: int,
                prefix: tuple[str, ...] = (), keep_flags: int = 0) -> dict[str, Any]:
-    """Validate ``body`` and return a copy of ``payload`` with it applied (PATCH semantics: absent keys stay)."""
+    """Validate ``body`` and return a copy of ``payload`` with it applied (PATCH semantics: absent keys stay).
+
+    ``keep_flags`` are the flags the message has whatever the body says: its EPHEMERAL bit is decided once, by the
+    request that creates the message (a type-4/5 response's or a new followup's flags), and no edit changes it."""
     data = body.json or {}
     if not isinstance(data, dict):
         raise DiscordError(400, 50035, "Invalid Form Body", {"_errors": [{"code": "DICT_TYPE_CONVERT",
@@ -89,7 +92,8 @@ def apply_body(fake: FakeDiscord, payload: dict[str, Any], body: Body, *, upload
     if "components" in data:
         out["components"] = data["components"] or []
     if "flags" in data and data["flags"] is not None:
-        out["flags"] = int(data["flags"]) | keep_flags
+        # EPHEMERAL is fixed when a message is created (by ``keep_flags``); a body can never set or clear it.
+        out["flags"] = (int(data["flags"]) & ~P.FLAG_EPHEMERAL) | keep_flags
     if data.get("message_reference"):
         out["message_reference"] = data["message_reference"]
         out["type"] = 19

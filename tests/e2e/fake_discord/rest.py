@@ -209,7 +209,7 @@ class _Routes:
                  "message": f"Response type {rtype} is not valid for interaction type {rec.type}"}]}})
         if rtype in (4, 5):
             ephemeral = int(data.get("flags") or 0) & P.FLAG_EPHEMERAL
-            forced = (P.FLAG_LOADING | ephemeral) if rtype == 5 else 0
+            forced = ephemeral | (P.FLAG_LOADING if rtype == 5 else 0)
             if rtype == 5:
                 body = Body(json={"flags": ephemeral})
             mtype = 20 if rec.type == 2 else 0
@@ -240,8 +240,11 @@ class _Routes:
             raise DiscordError(404, 10015, "Unknown Webhook")
         limit = int(rec.payload["attachment_size_limit"])
         if rec.response_type == 5 and rec.original is not None and rec.original.loading:
-            # Discord's backwards-compatible quirk: the first followup after a defer replaces "thinking…".
+            # Discord's backwards-compatible quirk: the first followup after a defer replaces "thinking…" — and the
+            # message keeps the defer's visibility whatever the followup's flags say, so an "ephemeral" followup
+            # after a public defer is shown to everyone.
             msg = await edit_message(self.fake, rec.original, body, upload_limit=limit)
+            rec.followup_edits += 1
         else:
             flags = int((body.json or {}).get("flags") or 0) & P.FLAG_EPHEMERAL
             msg = await create_message(self.fake, rec.channel_id, self.fake.bot_user, body, upload_limit=limit,

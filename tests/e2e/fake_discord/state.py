@@ -179,6 +179,7 @@ class InteractionRecord:
     response_data: dict[str, Any] | None = None
     original: StoredMessage | None = None
     followups: list[StoredMessage] = field(default_factory=list)
+    followup_edits: int = 0                       # followups that edited the deferred message instead (see rest.py)
     modal: dict[str, Any] | None = None
     choices: list[dict[str, Any]] | None = None
     expired: bool = False
