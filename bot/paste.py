@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from bot.advanced_options import AdvancedOptions
 from engine.infotext import parse_infotext
 
-__all__ = ["PasteError", "PastedOptions", "pasted_options"]
+__all__ = ["PasteError", "PastedOptions", "paste_notes", "pasted_options"]
 
 # Fields that only describe an image (or that Hypercord fills itself) and change nothing when rendering again.
 _DESCRIPTIVE = frozenset({
@@ -114,3 +114,18 @@ def pasted_options(text: str) -> PastedOptions:
         sampler=fields.get("Sampler"), cfg_scale=_float(fields, "CFG scale"), seed=_int(fields, "Seed"),
         width=width, height=height, advanced=advanced, model=fields.get("Model"), model_hash=fields.get("Model hash"),
         ignored=ignored)
+
+
+def paste_notes(pasted: PastedOptions, model_label: str) -> tuple[str, ...]:
+    """What the user should know about the job a paste made: fields not rendered, and another model.
+
+    Shown with the job's result, so that an image that differs from the model page says why.
+    """
+    notes = []
+    if pasted.ignored:
+        notes.append(f"Not rendered from the pasted parameters: {', '.join(pasted.ignored)} (Hypercord renders "
+                     "txt2img without hires fix or extensions).")
+    if pasted.model and pasted.model.casefold() != model_label.casefold():
+        made_with = f"`{pasted.model}`" + (f" [{pasted.model_hash}]" if pasted.model_hash else "")
+        notes.append(f"The pasted image was made with the model {made_with}; this render used `{model_label}`.")
+    return tuple(notes)

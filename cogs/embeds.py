@@ -82,8 +82,9 @@ def result_embed(job: Job, *, model_name: str, note: str = "") -> discord.Embed:
                                                100))
     embed.add_field(name="Size", value=f"{s.width}×{s.height}")
     embed.add_field(name="Model", value=clip(model_label(job, model_name), 200))
-    if job.warnings:  # e.g. a hypernet made for another model family: visible, not buried in the footer
-        embed.add_field(name="⚠️ Warnings", value=clip("\n".join(job.warnings), 1000), inline=False)
+    notes = (*job.notes, *job.warnings)
+    if notes:  # e.g. a hypernet made for another model family: visible, not buried in the footer
+        embed.add_field(name="⚠️ Warnings", value=clip("\n".join(notes), 1000), inline=False)
     footer = f"{job.duration_s:.1f} s" if job.duration_s is not None else status_label(job)
     if note:
         footer += " · " + note

@@ -20,11 +20,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserFacingError, defer_public
+from bot.advanced_options import AdvancedOptions
+from bot.errors import UserFacingError, answer_error, defer_public
 from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_settings, size_choices
+from bot.paste import PasteError, paste_notes, pasted_options
 from bot.store import NewJob
 from cogs.autocomplete import hypernet_autocomplete
 from cogs.buttons import DYNAMIC_ITEMS
+from engine.render_settings import MAX_CLIP_SKIP, RenderSettings
+from engine.samplers import SAMPLER_NAMES as ALL_SAMPLERS
+from engine.samplers import SCHEDULE_TYPES
 
 if TYPE_CHECKING:
     from bot.app import HypercordBot
@@ -37,7 +42,11 @@ DESCRIPTIONS = {
     "seed": "Seed for the noise (-1 or empty = random)",
     "steps": "Sampling steps",
     "cfg_scale": "How closely to follow the prompt (CFG scale)",
-    "sampler": "Sampler (A1111 names)",
+    "sampler": "Sampler (any A1111 name, e.g. DPM++ 2M Karras)",
+    "schedule": "Schedule type (A1111's; Automatic = the one the sampler name implies)",
+    "clip_skip": "Clip skip (2 for most anime checkpoints)",
+    "variation_seed": "Variation seed (-1 or empty = random); blended in at variation_strength",
+    "variation_strength": "How much of the variation seed's noise to blend in (0-1)",
     "size": "Image size preset (width x height)",
     "width": "Width in pixels (multiple of 8; overrides size)",
     "height": "Height in pixels (multiple of 8; overrides size)",
@@ -56,10 +65,15 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
                       cfg_scale: Optional[float] = None, sampler: Optional[str] = None,  # noqa: UP045
                       size: Optional[str] = None, width: Optional[int] = None,  # noqa: UP045
                       height: Optional[int] = None, count: Optional[int] = None,  # noqa: UP045
-                      hypernet: Optional[str] = None, multiplier: Optional[float] = None) -> None:  # noqa: UP045
+                      hypernet: Optional[str] = None, multiplier: Optional[float] = None,  # noqa: UP045
+                      schedule: Optional[str] = None, clip_skip: Optional[int] = None,  # noqa: UP045
+                      variation_seed: Optional[int] = None,  # noqa: UP045
+                      variation_strength: Optional[float] = None) -> None:  # noqa: UP045
+        advanced = AdvancedOptions(schedule=schedule, clip_skip=clip_skip, variation_seed=variation_seed,
+                                   variation_strength=variation_strength)
         await cog.run_imagine(interaction, prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                               cfg_scale=cfg_scale, sampler=sampler, size=size, width=width, height=height, count=count,
-                              hypernet=hypernet, multiplier=multiplier)
+                              hypernet=hypernet, multiplier=multiplier, advanced=advanced)
 
     # Real objects instead of strings: discord.py reads these to declare option types and ranges to Discord.
     imagine.__annotations__ = {
@@ -74,13 +88,24 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
         "count": Optional[app_commands.Range[int, 1, lim.max_count]],  # noqa: UP045
         "hypernet": Optional[str],  # noqa: UP045
         "multiplier": Optional[app_commands.Range[float, lim.min_multiplier, lim.max_multiplier]],  # noqa: UP045
+        "schedule": Optional[str],  # noqa: UP045
+        "clip_skip": Optional[app_commands.Range[int, 1, MAX_CLIP_SKIP]],  # noqa: UP045
+        "variation_seed": Optional[app_commands.Range[int, -1, MAX_SEED]],  # noqa: UP045
+        "variation_strength": Optional[app_commands.Range[float, 0.0, 1.0]],  # noqa: UP045
         "return": None,
     }
-    samplers = list(dict.fromkeys([lim.default_sampler, *SAMPLER_NAMES]))[:25]
+    samplers = list(dict.fromkeys([lim.default_sampler, *SAMPLER_NAMES, *ALL_SAMPLERS]))
+
+    async def sampler_autocomplete(interaction: discord.Interaction[HypercordBot], current: str,
+                                   ) -> list[app_commands.Choice[str]]:
+        """Every A1111 name containing the typed text, the common ones first (Discord shows at most 25)."""
+        folded = current.strip().casefold()
+        return [app_commands.Choice(name=s, value=s) for s in samplers if folded in s.casefold()][:25]
+
     func: Any = app_commands.describe(**DESCRIPTIONS)(imagine)
-    func = app_commands.choices(sampler=[app_commands.Choice(name=s, value=s) for s in samplers],
-                                size=[app_commands.Choice(name=s, value=s) for s in size_choices(lim)])(func)
-    func = app_commands.autocomplete(hypernet=hypernet_autocomplete)(func)
+    func = app_commands.choices(size=[app_commands.Choice(name=s, value=s) for s in size_choices(lim)],
+                                schedule=[app_commands.Choice(name=s, value=s) for s in SCHEDULE_TYPES])(func)
+    func = app_commands.autocomplete(hypernet=hypernet_autocomplete, sampler=sampler_autocomplete)(func)
     func = app_commands.guild_only()(func)
     return app_commands.Command(name="imagine", description="Render an image with Stable Diffusion (+ hypernetworks)",
                                 callback=func)
@@ -92,31 +117,82 @@ class ImagineCog(commands.Cog, name="Imagine"):
     def __init__(self, bot: HypercordBot) -> None:
         self.bot = bot
         self.command = build_imagine_command(self)
+        self.context_menu = app_commands.ContextMenu(name="Render these parameters", callback=self.render_message)
+        self.context_menu.guild_only = True
+
+    @app_commands.command(name="paste", description="Render an A1111 parameters block (PNG Info, a model page)")
+    @app_commands.guild_only()
+    async def paste(self, interaction: discord.Interaction[HypercordBot]) -> None:
+        """Opens a form with one multi-line field: a block keeps its line breaks there."""
+        await interaction.response.send_modal(PasteModal(self))
+
+    async def render_message(self, interaction: discord.Interaction[HypercordBot], message: discord.Message) -> None:
+        """The "Render these parameters" message command: the message's text as a pasted block."""
+        await self.run_paste(interaction, message.content, origin="paste")
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.command)
+        self.bot.tree.add_command(self.context_menu)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.command.name)
+        self.bot.tree.remove_command(self.context_menu.name, type=self.context_menu.type)
 
     async def run_imagine(self, interaction: discord.Interaction[HypercordBot], *, prompt: str, **options: Any) -> None:
-        bot = self.bot
-        guild_id = interaction.guild_id
-        models = await bot.store.hypernets.usable(guild_id)
+        """/imagine's callback: the options as typed, checked by :func:`bot.options.build_settings`."""
+        models = await self.bot.store.hypernets.usable(interaction.guild_id)
         try:
-            settings = build_settings(prompt=prompt, limits=bot.settings.limits, checkpoint=bot.settings.models.checkpoint,
-                                      models=models, **options)
+            settings = build_settings(prompt=prompt, limits=self.bot.settings.limits,
+                                      checkpoint=self.bot.settings.models.checkpoint, models=models, **options)
         except OptionError as exc:
             raise UserFacingError(str(exc)) from None
+        await self.start_job(interaction, settings, origin="command")
+
+    async def run_paste(self, interaction: discord.Interaction[HypercordBot], text: str, *, origin: str) -> None:
+        """A pasted A1111 parameters block rendered as a job; fields it cannot render are noted on the result."""
+        bot = self.bot
+        try:
+            pasted = pasted_options(text)
+            models = await bot.store.hypernets.usable(interaction.guild_id)
+            settings = build_settings(limits=bot.settings.limits, checkpoint=bot.settings.models.checkpoint,
+                                      models=models, **pasted.build_options())  # type: ignore[arg-type]
+        except (PasteError, OptionError) as exc:
+            raise UserFacingError(str(exc)) from None
+        label = bot.settings.models.model_name or bot.settings.models.checkpoint
+        await self.start_job(interaction, settings, origin=origin, notes=paste_notes(pasted, label))
+
+    async def start_job(self, interaction: discord.Interaction[HypercordBot], settings: RenderSettings, *,
+                        origin: str, notes: tuple[str, ...] = ()) -> None:
+        """Admit, defer publicly, store and submit; refusals go privately to the member (see the module docstring)."""
+        bot = self.bot
         bot.jobs.admit(interaction.user.id)  # a full queue or the rate limit is answered privately, before deferring
         message_id = await defer_public(interaction)
-        new = NewJob(user_id=interaction.user.id, guild_id=guild_id, channel_id=interaction.channel_id or 0,
-                     settings=settings, origin="command", interaction_token=interaction.token,
-                     interaction_created_at=interaction.created_at.timestamp())
+        new = NewJob(user_id=interaction.user.id, guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
+                     settings=settings, origin=origin, interaction_token=interaction.token,
+                     interaction_created_at=interaction.created_at.timestamp(), notes=notes)
         presenter = bot.presenters.for_interaction(interaction, message_id=message_id)
         # A refusal from here on (a model removed meanwhile, the database locked, the engine refusing) reaches the
         # tree's error handler, which replaces the public placeholder with a neutral line and answers privately.
         await bot.jobs.start(new, presenter, message_id=message_id)
+
+
+class PasteModal(discord.ui.Modal, title="Render A1111 parameters"):
+    """One multi-line field for a parameters block (slash options cannot hold line breaks)."""
+
+    parameters: discord.ui.TextInput[PasteModal] = discord.ui.TextInput(
+        label="Parameters (from PNG Info or a model page)", style=discord.TextStyle.paragraph, max_length=4000,
+        custom_id="parameters", placeholder="a lighthouse at dusk\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, "
+                                            "CFG scale: 7, Seed: 1234, Size: 512x512")
+
+    def __init__(self, cog: ImagineCog) -> None:
+        super().__init__(timeout=900)
+        self.cog = cog
+
+    async def on_submit(self, interaction: discord.Interaction[HypercordBot], /) -> None:  # type: ignore[override]
+        try:
+            await self.cog.run_paste(interaction, self.parameters.value, origin="paste")
+        except Exception as exc:  # a modal's errors never reach the tree's handler
+            await answer_error(interaction, exc, where="/paste")
 
 
 async def setup(bot: HypercordBot) -> None:

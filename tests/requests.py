@@ -24,7 +24,7 @@ def request(job_id: int, user_id: int = 1, prompt: str = "a cat", **fields: Any)
     return GenerateRequest(job_id=job_id, user_id=user_id, settings=settings(prompt, **fields))
 
 
-_JOB_FIELDS = ("origin", "parent_job_id", "interaction_token", "interaction_created_at")
+_JOB_FIELDS = ("origin", "parent_job_id", "interaction_token", "interaction_created_at", "notes")
 
 
 def new_job(user_id: int = 1, guild_id: int | None = 10, channel_id: int = 20, **fields: Any) -> NewJob:

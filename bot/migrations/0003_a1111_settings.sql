@@ -1,4 +1,5 @@
--- 0003: the rest of A1111's txt2img settings that decide a job's pixels (RenderSettings' new fields).
+-- 0003: the rest of A1111's txt2img settings that decide a job's pixels (RenderSettings' new fields), and the
+-- notes the bot attaches to a job when it is made (e.g. what a pasted parameters block asked for that is not rendered).
 -- Jobs written before rendered with torch's CPU generator, so they keep rng 'CPU' (a reroll of an old job draws
 -- its noise the way the original did); new jobs default to A1111's own default, 'GPU'.
 
@@ -10,5 +11,7 @@ ALTER TABLE jobs ADD COLUMN subseed INTEGER;                                  --
 ALTER TABLE jobs ADD COLUMN subseed_strength REAL NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN seed_resize_width INTEGER CHECK (seed_resize_width > 0);    -- both NULL or both set
 ALTER TABLE jobs ADD COLUMN seed_resize_height INTEGER CHECK (seed_resize_height > 0);
+
+ALTER TABLE jobs ADD COLUMN notes_json TEXT NOT NULL DEFAULT '[]';
 
 UPDATE jobs SET rng = 'CPU';

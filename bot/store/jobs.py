@@ -38,6 +38,7 @@ class NewJob:
     parent_job_id: int | None = None
     interaction_token: str | None = field(default=None, repr=False)  # a credential for 15 minutes: keep out of logs
     interaction_created_at: float | None = None
+    notes: tuple[str, ...] = ()  # shown with the result, e.g. pasted parameters that are not rendered
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +81,7 @@ _SETTINGS_COLUMNS = ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", 
                      "subseed_strength")
 _INSERT_COLUMNS = ("user_id", "guild_id", "channel_id", "parent_job_id", "origin", *_SETTINGS_COLUMNS,
                    "seed_resize_width", "seed_resize_height", "created_at", "interaction_token",
-                   "interaction_created_at")
+                   "interaction_created_at", "notes_json")
 _INSERT_JOB = f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({','.join('?' * len(_INSERT_COLUMNS))})"
 
 
@@ -88,7 +89,7 @@ def _job(row: sqlite3.Row, hypernets: Sequence[HypernetRef]) -> Job:
     resize = row["seed_resize_width"], row["seed_resize_height"]
     settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets),
                               seed_resize_from=None if None in resize else resize)
-    return Job(**{f: row[f] for f in _PLAIN_FIELDS}, settings=settings,
+    return Job(**{f: row[f] for f in _PLAIN_FIELDS}, settings=settings, notes=tuple(json.loads(row["notes_json"])),
                image_paths=tuple(json.loads(row["image_paths_json"])), warnings=tuple(json.loads(row["warnings_json"])))
 
 
@@ -134,7 +135,7 @@ class JobStore(Repository):
             job_id = await tx.insert(_INSERT_JOB, (
                 new.user_id, new.guild_id, new.channel_id, new.parent_job_id, new.origin,
                 *(getattr(s, c) for c in _SETTINGS_COLUMNS), *resize, self._clock(), new.interaction_token,
-                new.interaction_created_at))
+                new.interaction_created_at, json.dumps([str(n) for n in new.notes])))
             await tx.executemany(
                 "INSERT INTO job_hypernets (job_id, position, name, sha256, multiplier) VALUES (?,?,?,?,?)",
                 [(job_id, i, h.name, h.sha256, float(h.multiplier)) for i, h in enumerate(s.hypernets)],

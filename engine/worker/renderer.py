@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image, PngImagePlugin
 
-from engine.conditioning import ConditioningError, EmbeddingSet, PromptEncoder, PromptRequest
+from engine.conditioning import ConditioningError, EmbeddingSet, PromptEncoder, PromptRequest, PromptTooLong
 from engine.fit import ModelShape, fit_note
 from engine.hypernet import Hypernetwork
 from engine.hypernet.attention import install_hypernet_processors
@@ -184,6 +184,10 @@ class Renderer:
         for text, positive in ((s.encoder_prompt, True), (s.negative_prompt, False)):
             try:
                 self.encoder.plan(PromptRequest(text, plan.prompt_schedule_steps, s.clip_skip, positive))
+            except PromptTooLong as exc:
+                side = "prompt" if positive else "negative prompt"
+                raise RequestError(f"the {side} is too long: it needs {exc.chunks} chunks of 75 tokens (counting each "
+                                   f"[a:b] / [a|b] text), and at most {exc.limit} are allowed; shorten it", job) from None
             except ConditioningError as exc:
                 side = "prompt" if positive else "negative prompt"
                 raise RequestError(f"the {side} cannot be used: {exc}", job) from None

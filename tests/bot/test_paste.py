@@ -14,7 +14,7 @@ from PIL import Image
 
 from bot.config import LimitSettings
 from bot.options import build_settings
-from bot.paste import PasteError, pasted_options
+from bot.paste import PasteError, paste_notes, pasted_options
 from engine.protocol import GenerateRequest
 from engine.worker.renderer import Renderer
 from tests.requests import settings as make_settings
@@ -82,3 +82,12 @@ def test_a1111s_own_block_renders_as_the_settings_it_names(renderer):
                           cfg_scale=7.0, seed=1234, width=64, height=64, eta_noise_seed_delta=31337, rng="NV")
     from_paste, _ = render(renderer, pasted)
     assert pasted.rng == "GPU" and np.array_equal(from_paste, render(renderer, named)[0])
+
+
+def test_notes_name_what_is_not_rendered_and_another_model():
+    pasted = pasted_options(CIVITAI)
+    assert paste_notes(pasted, "tiny") == (
+        "Not rendered from the pasted parameters: Denoising strength, Hires upscale, Hires upscaler (Hypercord renders "
+        "txt2img without hires fix or extensions).",
+        "The pasted image was made with the model `anything-v3` [6ce0161689]; this render used `tiny`.")
+    assert paste_notes(pasted_options("a cat\nSteps: 20, Seed: 1, Size: 64x64, Model: Tiny"), "tiny") == ()

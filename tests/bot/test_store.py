@@ -105,9 +105,12 @@ async def test_job_lifecycle(store: Store, clock: Clock) -> None:
 async def test_every_a1111_setting_reads_back(store: Store) -> None:
     fields = dict(sampler="DPM++ 2M", schedule="Karras", clip_skip=2, rng="NV", eta_noise_seed_delta=31337,
                   subseed=99, subseed_strength=0.25, seed_resize_from=(640, 448))
-    job = await store.jobs.create(new_job(**fields))
+    job = await store.jobs.create(new_job(**fields, notes=("Not rendered: Hires upscale.",)))
     read = await store.jobs.get(job.id)
-    assert read is not None and read.settings == job.settings
+    assert read is not None and read.settings == job.settings and read.notes == ("Not rendered: Hires upscale.",)
+    assert await store.jobs.mark_done(job.id, [], 1.0, ["engine warning"])
+    done = await store.jobs.get(job.id)
+    assert done is not None and (done.notes, done.warnings) == (("Not rendered: Hires upscale.",), ("engine warning",))
     assert {k: getattr(read.settings, k) for k in fields} == fields
     plain = await store.jobs.get((await store.jobs.create(new_job())).id)
     assert plain is not None and (plain.settings.rng, plain.settings.subseed, plain.settings.seed_resize_from) == (

@@ -284,3 +284,70 @@ async def test_missing_permission_is_explained(hc: Harness) -> None:
     job = (await hc.store.jobs.history(hc.fake.member_plain.id, limit=1))[0]
     assert job.status == "done" and f"/show {job.id}" in msg.content
     await asyncio.sleep(0)
+
+
+# ---- A1111's advanced settings, pasting parameters ----------------------------------------------------------------
+
+
+async def test_schedule_clip_skip_and_variation_reach_the_png(hc: Harness) -> None:
+    options = {"prompt": "a harbour", "steps": 2, "seed": 9, "sampler": "DPM++ 2M", "schedule": "Karras",
+               "clip_skip": 2, "variation_seed": 40, "variation_strength": 0.25, "count": 2}
+    msg = await hc.wait_result(await hc.fake.slash(hc.fake.member_plain, "imagine", options))
+    job = await hc.store.jobs.get(job_id_of(msg))
+    s = job.settings
+    assert (s.schedule, s.clip_skip, s.subseed, s.subseed_strength, s.rng) == ("Karras", 2, 40, 0.25, "GPU")
+    second = png_parameters(await hc.fake.download(msg.attachments[1]))
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in second and "Seed: 9," in second
+    assert "Variation seed: 41, Variation seed strength: 0.25" in second and "Clip skip: 2" in second
+    fields = {f["name"]: f["value"] for f in msg.embeds[0]["fields"]}
+    assert fields["Seed"] == "9 · variation 40–41 at 0.25 · clip skip 2" and fields["Sampler"] == "DPM++ 2M · Karras"
+
+
+async def test_sampler_suggestions_offer_every_a1111_name_matching_the_text(hc: Harness) -> None:
+    rec = await hc.fake.autocomplete(hc.fake.member_plain, "imagine", {"prompt": "x", "sampler": "zeta"}, "sampler")
+    await hc.fake.wait_for(lambda: rec.choices is not None)
+    assert rec.choices == []
+    rec = await hc.fake.autocomplete(hc.fake.member_plain, "imagine", {"prompt": "x", "sampler": "sde karras"},
+                                     "sampler")
+    await hc.fake.wait_for(lambda: rec.choices is not None)
+    assert [c["value"] for c in rec.choices] == ["DPM++ SDE Karras", "DPM++ 2M SDE Karras", "DPM++ 3M SDE Karras"]
+
+
+PASTED = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 2, Sampler: Euler a, Schedule type: Karras, "
+          "CFG scale: 6, Seed: 4321, Size: 64x64, Model: anything-v3, ENSD: 31337, Hires upscale: 2, Version: v1.9.4")
+
+
+async def test_paste_opens_a_form_and_renders_the_block_with_notes_on_what_is_not_rendered(hc: Harness) -> None:
+    fake = hc.fake
+    ask = await fake.slash(fake.member_plain, "paste")
+    await fake.wait_for(lambda: ask.modal is not None)
+    submit = await fake.submit_modal(fake.member_plain, ask, {"parameters": PASTED})
+    msg = await hc.wait_result(submit)
+    job = await hc.store.jobs.get(job_id_of(msg))
+    s = job.settings
+    assert (s.prompt, s.negative_prompt, s.steps, s.sampler, s.schedule, s.cfg_scale, s.seed, s.width, s.height,
+            s.eta_noise_seed_delta, s.rng, job.origin) == ("a lighthouse at dusk", "fog", 2, "Euler a", "Karras", 6.0,
+                                                            4321, 64, 64, 31337, "GPU", "paste")
+    params = png_parameters(await fake.download(msg.attachments[0]))
+    assert "Seed: 4321" in params and "ENSD: 31337" in params and "RNG" not in params
+    warnings = next(f["value"] for f in msg.embeds[0]["fields"] if f["name"] == "⚠️ Warnings")
+    assert "Not rendered from the pasted parameters: Hires upscale" in warnings
+    assert "made with the model `anything-v3`" in warnings
+
+
+async def test_paste_that_is_not_a_parameters_block_is_refused_privately(hc: Harness) -> None:
+    fake = hc.fake
+    ask = await fake.slash(fake.member_plain, "paste")
+    await fake.wait_for(lambda: ask.modal is not None)
+    submit = await fake.submit_modal(fake.member_plain, ask, {"parameters": "a nice picture please"})
+    reply = await hc.wait_ephemeral(submit)
+    assert reply.content.startswith("That does not look like A1111 parameters: paste the whole block")
+    assert not submit.deferred
+
+
+async def test_render_these_parameters_on_a_posted_block(hc: Harness) -> None:
+    fake = hc.fake
+    posted = await fake.user_message(fake.member_plain, PASTED.replace("Seed: 4321", "Seed: 99"))
+    rec = await fake.message_command(fake.member_plain, "Render these parameters", posted)
+    job = await hc.store.jobs.get(job_id_of(await hc.wait_result(rec)))
+    assert (job.settings.seed, job.settings.prompt, job.origin) == (99, "a lighthouse at dusk", "paste")

@@ -98,6 +98,18 @@ class Driver:
         data = self._command_data(name, options or {}, focused=None)
         return await self._inject(2, user, channel, data, **extra)
 
+    async def message_command(self: FakeDiscord, user: FakeMember, name: str, target: StoredMessage) -> InteractionRecord:
+        """Run the message context-menu command ``name`` ("Apps" → name on a message) on ``target``."""
+        registered = [*self.guild_commands.get(self.guild.id, []), *self.global_commands]
+        cmd = next((c for c in registered if c["name"] == name and c.get("type") == 3), None)
+        if cmd is None:
+            raise LookupError(f"message command {name!r} is not registered")
+        data: dict[str, Any] = {"id": cmd["id"], "name": name, "type": 3, "target_id": str(target.id),
+                                "resolved": {"messages": {str(target.id): target.payload}}}
+        if "guild_id" in cmd:
+            data["guild_id"] = cmd["guild_id"]
+        return await self._inject(2, user, self.guild.channels[target.channel_id], data)
+
     async def autocomplete(self: FakeDiscord, user: FakeMember, name: str, options: dict[str, Any], focused: str,
                            channel: FakeChannel | None = None) -> InteractionRecord:
         """Type into option ``focused``; the bot's choices land in ``record.choices``."""

@@ -191,7 +191,8 @@ def test_a_200_token_prompt_renders_whole_and_without_a_warning(engine, nets):
 
 
 def test_an_overlong_prompt_is_refused_naming_its_job_and_the_limit(engine, nets):
-    with pytest.raises(RequestError, match=r"the negative prompt cannot be used: .*at most 8 are allowed") as err:
+    with pytest.raises(RequestError, match=r"^the negative prompt is too long: it needs 11 chunks of 75 tokens .*at most "
+                                           r"8 are allowed; shorten it$") as err:
         engine.generate([request(9, negative_prompt="zebra, " * 400)], nets)
     assert err.value.job_id == 9
 
