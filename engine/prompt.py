@@ -8,8 +8,9 @@ Two layers, because A1111 parity and good user feedback pull in different direct
   what ``check_parity.py --parse`` compares against A1111's own parses.
 * :func:`parse_request_prompt` is what ``/imagine`` uses.  Where A1111 silently ignores or guesses, it raises
   :class:`PromptError` naming the offending tag: unreadable or non-finite multiplier, multiplier out of range, extra
-  ``:`` parts, empty name, other tag types (``<lora:…>``), tag-like leftovers (``(hypernet:x)``, ``<hypernet:>``),
-  too many tags, a prompt with nothing left once the tags are gone.
+  ``:`` parts, empty name, other tag types (``<foo:…>``; LoRA tags pass, :mod:`engine.lora_tags` reads them),
+  tag-like leftovers (``(hypernet:x)``, ``<hypernet:>``), too many tags, a prompt with nothing left once the tags
+  are gone.
 
 Grammar (see the spec, section 3):
 
@@ -45,7 +46,9 @@ from dataclasses import dataclass, field
 from engine.names import is_valid_model_name, name_problem
 
 __all__ = [
+    "BRACKETED_TAG",
     "LIST_COMMAND",
+    "LORA_TYPES",
     "TAG_TYPE",
     "HypernetTag",
     "ParsedPrompt",
@@ -62,15 +65,17 @@ __all__ = [
 ]
 
 TAG_TYPE = "hypernet"
+#: A1111's LoRA tag types (``lyco`` is an alias); :mod:`engine.lora_tags` reads them, this module lets them pass.
+LORA_TYPES = ("lora", "lyco")
 #: The command users are pointed to when a name is unknown.
 LIST_COMMAND = "/hypernets list"
 
 # A1111's pattern, verbatim in meaning: `<`, a word (the network type), `:`, anything up to the first `>`.
-_BRACKETED = r"<(?P<type>\w+):(?P<args>[^>]+)>"
+BRACKETED_TAG = r"<(?P<type>\w+):(?P<args>[^>]+)>"
 # The bare tutorial form: a whole word starting with `hypernet:`; words end at whitespace or commas.  `<` and `>`
 # are excluded so a bare word can never reach into a bracketed tag.
 _BARE = r"(?<![^\s,])hypernet:(?P<bare>[^\s,<>]+)(?![^\s,])"
-_TAG_RE = re.compile(f"{_BRACKETED}|{_BARE}")
+_TAG_RE = re.compile(f"{BRACKETED_TAG}|{_BARE}")
 # What is left after tag removal must not still look like a tag: a stray `hypernet:` in any case, or the opening
 # `<word:` of a tag (which could swallow a tag written after it, e.g. the one the `hypernet` option adds).
 _LEFTOVER_RE = re.compile(r"hypernet:|<\w+:", re.IGNORECASE)
@@ -187,10 +192,13 @@ def _checked_tag(m: _Match, min_multiplier: float, max_multiplier: float) -> Hyp
     """Apply the request rules to one scanned tag; raise PromptError naming it."""
     shown = _shown(m.raw)
     if m.type != TAG_TYPE:
+        if m.type.lower() in LORA_TYPES:
+            raise PromptError(f"{shown} — write the tag type in lower case: `<lora:…>`", tag=m.raw)
         if m.type.lower() == TAG_TYPE:
             raise PromptError(f"{shown} — write the tag type in lower case: `<hypernet:…>`", tag=m.raw)
         raise PromptError(
-            f"{shown} — `{m.type}` tags are not supported here; only hypernetworks: `<hypernet:NAME:MULTIPLIER>`",
+            f"{shown} — `{m.type}` tags are not supported here; only hypernetworks (`<hypernet:NAME:MULTIPLIER>`) "
+            "and LoRAs (`<lora:NAME:MULTIPLIER>`)",
             tag=m.raw,
         )
     name = m.items[0].strip()
@@ -242,7 +250,7 @@ def parse_request_prompt(
     if max_tags < 0 or max_length < 1:
         raise ValueError("max_tags must be >= 0 and max_length >= 1")
     matches, clean = _scan(prompt)
-    tags = [_checked_tag(m, min_multiplier, max_multiplier) for m in matches]
+    tags = [_checked_tag(m, min_multiplier, max_multiplier) for m in matches if m.type not in LORA_TYPES]
     leftover = _LEFTOVER_RE.search(clean)
     if leftover is not None:
         word = _word_at(clean, leftover.start())
@@ -279,15 +287,16 @@ def _word_at(text: str, index: int) -> str:
 def check_negative_prompt(negative: str, *, max_length: int) -> str:
     """Validate a negative prompt and return it with whitespace collapsed (see parse_request_prompt).
 
-    Hypernet tags, bracketed or bare, are refused: hypernets apply to the whole generation and A1111 reads them
-    only from the positive prompt.  Other text, including other tag types, passes through unchanged, as in A1111.
+    Hypernet and LoRA tags are refused: they apply to the whole generation and A1111 reads them only from the
+    positive prompt (there they would silently be words).  Other text, including other tag types, passes through
+    unchanged, as in A1111.
     """
     for m in _scan(negative)[0]:
-        if m.type.lower() == TAG_TYPE:
-            raise PromptError(
-                f"{_shown(m.raw)} — hypernetworks go in the prompt, not in the negative prompt; move the tag there",
-                tag=m.raw,
-            )
+        kind = m.type.lower()
+        if kind == TAG_TYPE or kind in LORA_TYPES:
+            what = "hypernetworks" if kind == TAG_TYPE else "LoRAs"
+            raise PromptError(f"{_shown(m.raw)} — {what} go in the prompt, not in the negative prompt; move the tag "
+                              "there", tag=m.raw)
     text = " ".join(negative.split())
     if len(text) > max_length:
         raise PromptError(f"the negative prompt is {len(text)} characters long; the limit is {max_length}")

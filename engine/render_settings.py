@@ -21,10 +21,11 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.lora_tags import LoraTag, scan_lora_tags, write_lora_tags
 from engine.prompt import parse_hypernet_tags, write_tags
 from engine.samplers import NOISE_SOURCES, SCHEDULE_TYPES, resolve_sampler_and_schedule
 
-__all__ = ["MAX_CLIP_SKIP", "HypernetRef", "ImageSeed", "RenderSettings"]
+__all__ = ["MAX_CLIP_SKIP", "HypernetRef", "ImageSeed", "LoraRef", "RenderSettings"]
 
 #: The deepest clip skip A1111's UI offers (its slider stops at 12, the layer count of SD1.x's text encoder).
 MAX_CLIP_SKIP = 12
@@ -41,6 +42,24 @@ class HypernetRef:
     name: str
     sha256: str
     multiplier: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoraRef:
+    """One LoRA applied to a request, in A1111's order: its text-encoder and UNet multipliers and optional dyn rank.
+
+    ``sha256`` names the canonical file in the worker's model store, as for :class:`HypernetRef`.
+    """
+
+    name: str
+    sha256: str
+    te: float = 1.0
+    unet: float = 1.0
+    dyn: int | None = None
+
+    @property
+    def tag(self) -> LoraTag:
+        return LoraTag(self.name, self.te, self.unet, self.dyn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +101,16 @@ class RenderSettings:
     subseed: int | None = None
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    loras: tuple[LoraRef, ...] = ()
 
     def __post_init__(self) -> None:
         _, tags = parse_hypernet_tags(self.prompt)
         if [name.strip() for name, _ in tags] != [h.name for h in self.hypernets]:
             raise ValueError(f"the prompt's hypernet tags {[n for n, _ in tags]} do not match its hypernetworks "
                              f"{[h.name for h in self.hypernets]}")
+        lora_names = [t.name.strip() for t in scan_lora_tags(self.prompt)]
+        if lora_names != [lora.name for lora in self.loras]:
+            raise ValueError(f"the prompt's LoRA tags {lora_names} do not match its LoRAs {[x.name for x in self.loras]}")
         if self.rng not in NOISE_SOURCES:
             raise ValueError(f"unknown RNG source {self.rng!r}; valid sources: {', '.join(NOISE_SOURCES)}")
         if self.schedule not in SCHEDULE_TYPES:
@@ -132,6 +155,19 @@ class RenderSettings:
     def infotext_prompt(self) -> str:
         """The prompt line of the PNG infotext: as typed, each hypernet tag in A1111's bracketed form."""
         return write_tags(self.prompt, [h.multiplier for h in self.hypernets])
+
+    def with_lora_weights(self, weights: Sequence[float]) -> RenderSettings:
+        """The same settings with new LoRA strengths, one per LoRA (its UNet multiplier; the text-encoder one moves
+        with it when the two were equal, as in ``<lora:x:0.8>``), in the refs and in the prompt's tags."""
+        if len(weights) != len(self.loras):
+            raise ValueError(f"{len(self.loras)} LoRAs but {len(weights)} weights were given")
+        refs = tuple(dataclasses.replace(x, unet=float(w), te=float(w) if x.te == x.unet else x.te)
+                     for x, w in zip(self.loras, weights, strict=True))
+        names = {x.name for x in refs}
+        if len(names) != len(refs):  # a name tagged twice shares its numbers (A1111 applies the last tag's twice)
+            last = {x.name: x for x in refs}
+            refs = tuple(last[x.name] for x in refs)
+        return dataclasses.replace(self, loras=refs, prompt=write_lora_tags(self.prompt, [x.tag for x in refs]))
 
     def with_multipliers(self, multipliers: Sequence[float]) -> RenderSettings:
         """The same settings with new multipliers, one per hypernet, in the refs and in the prompt's tags."""

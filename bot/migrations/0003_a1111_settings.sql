@@ -15,3 +15,17 @@ ALTER TABLE jobs ADD COLUMN seed_resize_height INTEGER CHECK (seed_resize_height
 ALTER TABLE jobs ADD COLUMN notes_json TEXT NOT NULL DEFAULT '[]';
 
 UPDATE jobs SET rng = 'CPU';
+
+-- A job's LoRAs, one row each in A1111's order, as resolved when the job was made (like job_hypernets).
+CREATE TABLE job_loras (
+    job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    position    INTEGER NOT NULL,
+    name        TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    te          REAL    NOT NULL,                                 -- text-encoder multiplier
+    unet        REAL    NOT NULL,                                 -- UNet multiplier
+    dyn         INTEGER,                                          -- NULL: every rank
+    PRIMARY KEY (job_id, position)
+) WITHOUT ROWID;
+
+CREATE INDEX job_loras_name ON job_loras (name COLLATE NOCASE, job_id);

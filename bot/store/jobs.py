@@ -17,7 +17,7 @@ from typing import Any
 from bot.db import Tx
 from bot.store.base import Repository, fetch_by_id
 from bot.store.errors import NotFound
-from engine.render_settings import HypernetRef, RenderSettings
+from engine.render_settings import HypernetRef, LoraRef, RenderSettings
 
 __all__ = ["JOB_STATUSES", "DeletedUserData", "Job", "JobStore", "NewJob"]
 
@@ -85,16 +85,16 @@ _INSERT_COLUMNS = ("user_id", "guild_id", "channel_id", "parent_job_id", "origin
 _INSERT_JOB = f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({','.join('?' * len(_INSERT_COLUMNS))})"
 
 
-def _job(row: sqlite3.Row, hypernets: Sequence[HypernetRef]) -> Job:
+def _job(row: sqlite3.Row, hypernets: Sequence[HypernetRef], loras: Sequence[LoraRef]) -> Job:
     resize = row["seed_resize_width"], row["seed_resize_height"]
-    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets),
+    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets), loras=tuple(loras),
                               seed_resize_from=None if None in resize else resize)
     return Job(**{f: row[f] for f in _PLAIN_FIELDS}, settings=settings, notes=tuple(json.loads(row["notes_json"])),
                image_paths=tuple(json.loads(row["image_paths_json"])), warnings=tuple(json.loads(row["warnings_json"])))
 
 
 async def _jobs(tx: Tx, rows: Sequence[sqlite3.Row]) -> list[Job]:
-    """Rows of ``jobs`` as Jobs, with their hypernets read in one query."""
+    """Rows of ``jobs`` as Jobs, with their hypernets and LoRAs read in one query each."""
     if not rows:
         return []
     ids = [r["id"] for r in rows]
@@ -103,7 +103,11 @@ async def _jobs(tx: Tx, rows: Sequence[sqlite3.Row]) -> list[Job]:
     for h in await tx.fetchall(f"SELECT job_id, name, sha256, multiplier FROM job_hypernets WHERE job_id IN ({marks})"
                                " ORDER BY job_id, position", ids):
         nets[h["job_id"]].append(HypernetRef(h["name"], h["sha256"], float(h["multiplier"])))
-    return [_job(r, nets[r["id"]]) for r in rows]
+    loras: dict[int, list[LoraRef]] = {i: [] for i in ids}
+    for x in await tx.fetchall(f"SELECT job_id, name, sha256, te, unet, dyn FROM job_loras WHERE job_id IN ({marks})"
+                               " ORDER BY job_id, position", ids):
+        loras[x["job_id"]].append(LoraRef(x["name"], x["sha256"], float(x["te"]), float(x["unet"]), x["dyn"]))
+    return [_job(r, nets[r["id"]], loras[r["id"]]) for r in rows]
 
 
 def _check_relative(paths: Sequence[str]) -> list[str]:
@@ -139,6 +143,10 @@ class JobStore(Repository):
             await tx.executemany(
                 "INSERT INTO job_hypernets (job_id, position, name, sha256, multiplier) VALUES (?,?,?,?,?)",
                 [(job_id, i, h.name, h.sha256, float(h.multiplier)) for i, h in enumerate(s.hypernets)],
+            )
+            await tx.executemany(
+                "INSERT INTO job_loras (job_id, position, name, sha256, te, unet, dyn) VALUES (?,?,?,?,?,?,?)",
+                [(job_id, i, x.name, x.sha256, float(x.te), float(x.unet), x.dyn) for i, x in enumerate(s.loras)],
             )
             return await self._get(tx, job_id)
 

@@ -24,18 +24,24 @@ from engine.conditioning.embeddings import Embedding, EmbeddingSet, SkippedEmbed
 from engine.conditioning.encoder import apply_original_emphasis, encode_chunk_batch, encoder_width
 from engine.conditioning.plan import DEFAULT_LIMITS, Limits, PartPlan, PromptLength, PromptPlan, PromptPlanner
 from engine.conditioning.tokenizer import token_ids_of, tokenize_function
+from engine.lora.batch import LoraUse, te_lora_key
 
 __all__ = ["PromptEncoder", "PromptRequest", "ScheduledCond", "WeightedSchedule", "cond_at_step"]
 
 
 @dataclass(frozen=True)
 class PromptRequest:
-    """One prompt of a batch: ``positive`` prompts are split on AND, negative ones are not."""
+    """One prompt of a batch: ``positive`` prompts are split on AND, negative ones are not.
+
+    ``loras`` are the LoRAs active while it is encoded (A1111 applies a job's LoRAs to the text encoder for its
+    prompt and its negative prompt alike); only their text-encoder modules and multipliers matter here.
+    """
 
     text: str
     steps: int
     clip_skip: int = 1
     positive: bool = True
+    loras: tuple[LoraUse, ...] = ()
 
 
 class ScheduledCond(NamedTuple):
@@ -61,17 +67,21 @@ def cond_at_step(schedule: Sequence[ScheduledCond], step: int) -> torch.Tensor:
 
 
 class _Rows:
-    """Distinct chunks of a batch, in first-seen order: the rows of the single text-encoder forward."""
+    """Distinct (chunk, text-encoder LoRA set) pairs of a batch, in first-seen order: the rows of the single
+    text-encoder forward.  A chunk encoded under different LoRAs is a different row."""
 
     def __init__(self) -> None:
         self.index: dict[tuple, int] = {}
         self.chunks: list[Chunk] = []
+        self.loras: list[tuple[LoraUse, ...]] = []
 
-    def row(self, chunk: Chunk) -> int:
-        if chunk.key not in self.index:
-            self.index[chunk.key] = len(self.chunks)
+    def row(self, chunk: Chunk, loras: tuple[LoraUse, ...] = ()) -> int:
+        key = (chunk.key, te_lora_key(loras))
+        if key not in self.index:
+            self.index[key] = len(self.chunks)
             self.chunks.append(chunk)
-        return self.index[chunk.key]
+            self.loras.append(loras)
+        return self.index[key]
 
 
 @dataclass(frozen=True)
@@ -130,21 +140,24 @@ class PromptEncoder:
         if not plans:
             return []
         rows = _Rows()
-        layouts = [[(part, self._columns(part, rows)) for part in plan.parts] for plan in plans]
+        layouts = [[(part, self._columns(part, rows, request.loras)) for part in plan.parts]
+                   for plan, request in zip(plans, requests, strict=True)]
         skips = [max(1, request.clip_skip) for request in requests]
+        lora_rows = rows.loras if any(te_lora_key(loras) for loras in rows.loras) else None
         hidden = encode_chunk_batch(self.text_encoder, self._token_ids(rows), self._fixes(rows), set(skips),
-                                    rows_per_forward=self.rows_per_forward)
+                                    rows_per_forward=self.rows_per_forward, lora_rows=lora_rows)
         return [
             [WeightedSchedule(part.weight, self._schedule(part, columns, hidden[skip])) for part, columns in layout]
             for layout, skip in zip(layouts, skips, strict=True)
         ]
 
-    def _columns(self, part: PartPlan, rows: _Rows) -> list[_Column]:
+    def _columns(self, part: PartPlan, rows: _Rows, loras: tuple[LoraUse, ...]) -> list[_Column]:
         padding = empty_chunk(self.token_ids)
         columns = []
         for c in range(part.chunk_count):
             chunks = [entry.chunks[c] if c < len(entry.chunks) else padding for entry in part.entries]
-            columns.append(_Column([rows.row(chunk) for chunk in chunks], [chunk.multipliers for chunk in chunks]))
+            columns.append(_Column([rows.row(chunk, loras) for chunk in chunks],
+                                   [chunk.multipliers for chunk in chunks]))
         return columns
 
     def _device(self) -> torch.device:

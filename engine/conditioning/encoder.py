@@ -16,6 +16,9 @@ from collections.abc import Collection, Sequence
 
 import torch
 
+from engine.lora.batch import RowLoras, build_lora_batch
+from engine.lora.hooks import lora_batch_active
+
 __all__ = ["apply_original_emphasis", "encode_chunk_batch", "encoder_layers", "encoder_width"]
 
 Fixes = Sequence[tuple[int, torch.Tensor]]  # (content offset, vectors [n, width]) of one chunk
@@ -48,11 +51,12 @@ def _fix_hook(fixes: Sequence[Fixes]):
 
 
 def _forward(text_encoder: torch.nn.Module, token_ids: torch.Tensor, fixes: Sequence[Fixes],
-             clip_skips: Collection[int]) -> dict[int, torch.Tensor]:
+             clip_skips: Collection[int], lora_rows: Sequence[RowLoras] | None) -> dict[int, torch.Tensor]:
     need_hidden = any(skip > 1 for skip in clip_skips)
     hook = text_encoder.get_input_embeddings().register_forward_hook(_fix_hook(fixes))
+    loras = None if lora_rows is None else build_lora_batch(text_encoder, "text_encoder", lora_rows)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), lora_batch_active(text_encoder, loras):
             output = text_encoder(input_ids=token_ids, output_hidden_states=need_hidden)
             final_norm = _final_layer_norm(text_encoder)
             return {
@@ -64,15 +68,20 @@ def _forward(text_encoder: torch.nn.Module, token_ids: torch.Tensor, fixes: Sequ
 
 
 def encode_chunk_batch(text_encoder: torch.nn.Module, token_ids: torch.Tensor, fixes: Sequence[Fixes],
-                       clip_skips: Collection[int], *, rows_per_forward: int | None = None) -> dict[int, torch.Tensor]:
+                       clip_skips: Collection[int], *, rows_per_forward: int | None = None,
+                       lora_rows: Sequence[RowLoras] | None = None) -> dict[int, torch.Tensor]:
     """Hidden states ``[N, 77, width]`` of N chunks for every requested clip skip, from one forward pass (or one
-    per ``rows_per_forward`` chunks; 1 makes every chunk's result independent of what else is in the batch)."""
+    per ``rows_per_forward`` chunks; 1 makes every chunk's result independent of what else is in the batch).
+
+    ``lora_rows`` (one LoRA list per chunk, or None for none at all) applies each chunk's LoRAs to the text
+    encoder for that chunk only (:mod:`engine.lora`'s per-row hooks; rows without one are untouched)."""
     layers = encoder_layers(text_encoder)
     for skip in clip_skips:
         if skip > layers:
             raise ValueError(f"clip skip {skip} is more than the text encoder's {layers} layers")
     size = rows_per_forward or len(token_ids)
-    pieces = [_forward(text_encoder, token_ids[start : start + size], fixes[start : start + size], clip_skips)
+    pieces = [_forward(text_encoder, token_ids[start : start + size], fixes[start : start + size], clip_skips,
+                       None if lora_rows is None else lora_rows[start : start + size])
               for start in range(0, len(token_ids), size)]
     if len(pieces) == 1:
         return pieces[0]

@@ -90,6 +90,18 @@ class LoraModule:
                 return value.device
         return torch.device("cpu")
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: v for f in dataclasses.fields(self) if isinstance(v := getattr(self, f.name), torch.Tensor)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its tensors hold (the worker's cache is bounded in bytes)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def to(self, device: torch.device | str) -> LoraModule:
+        """The same module with its tensors on ``device`` (dtypes kept: the precision rules decided them)."""
+        return dataclasses.replace(self, **{k: t.to(device) for k, t in self._tensors().items()})
+
     def update(self, weight: torch.Tensor, dyn: int | None = None) -> torch.Tensor | None:
         """``reshape(U, W.shape)`` before scale and multiplier, or None when it does not fit the weight."""
         raise NotImplementedError

@@ -7,9 +7,12 @@ hash the engine passes, else the name) is what conditioning caches use.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+
+import torch
 
 from engine.lora.modules import LoraModule
 
@@ -59,6 +62,15 @@ class LoraNetwork:
         """The modules of one model part (``unet`` or ``text_encoder``), keyed by their path inside it."""
         prefix = part + "."
         return {name[len(prefix):]: mod for name, mod in self.modules.items() if name.startswith(prefix)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its modules hold (the worker's cache is bounded in bytes)."""
+        return sum(module.nbytes for module in self.modules.values())
+
+    def to(self, device: torch.device | str) -> LoraNetwork:
+        """The same network with its tensors on ``device`` (a new object: identity groups rows)."""
+        return dataclasses.replace(self, modules={name: m.to(device) for name, m in self.modules.items()})
 
     @property
     def has_text_encoder(self) -> bool:

@@ -17,6 +17,7 @@ import torch
 
 from engine.conditioning import PromptRequest
 from engine.hypernet import Hypernetwork
+from engine.lora import LoraNetwork, LoraUse
 from engine.protocol import GenerateRequest
 from engine.sampling import RowSeed
 
@@ -28,7 +29,9 @@ HypernetChain = tuple[tuple[Hypernetwork, float], ...]
 @dataclass(frozen=True, slots=True)
 class ImageRow:
     """One image of the batch: its job, randomness, guidance scale, prompts (indices into
-    :attr:`BatchRows.prompts`) and hypernet chain (multiplier-0 entries left out: ``x + y * 0`` is ``x``)."""
+    :attr:`BatchRows.prompts`), hypernet chain (multiplier-0 entries left out: ``x + y * 0`` is ``x``) and LoRAs
+    (A1111's order; the UNet reads their ``unet`` multipliers, the prompts carry the same list for the text
+    encoder)."""
 
     job_id: int
     seed: RowSeed
@@ -36,6 +39,7 @@ class ImageRow:
     prompt: int
     negative: int
     chain: HypernetChain
+    loras: tuple[LoraUse, ...] = ()
 
 
 def noise_source(rng: str, device: torch.device) -> str:
@@ -58,24 +62,28 @@ class BatchRows:
 
     @classmethod
     def build(cls, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
-              prompt_steps: int, device: torch.device) -> BatchRows:
-        """Rows in request order; ``prompt_steps`` is the step count prompt editing resolves against."""
+              prompt_steps: int, device: torch.device, loras: Mapping[str, LoraNetwork] | None = None) -> BatchRows:
+        """Rows in request order; ``prompt_steps`` is the step count prompt editing resolves against.
+
+        ``loras`` maps ``LoraRef.sha256`` to a loaded network (every ref with a non-zero multiplier)."""
         prompts: dict[PromptRequest, int] = {}
 
-        def index(text: str, clip_skip: int, positive: bool) -> int:
-            return prompts.setdefault(PromptRequest(text, prompt_steps, clip_skip, positive), len(prompts))
+        def index(text: str, clip_skip: int, positive: bool, uses: tuple[LoraUse, ...]) -> int:
+            return prompts.setdefault(PromptRequest(text, prompt_steps, clip_skip, positive, uses), len(prompts))
 
         rows: list[ImageRow] = []
         for req in requests:
             s = req.settings
             chain = tuple((hypernets[ref.sha256], float(ref.multiplier)) for ref in s.hypernets if ref.multiplier != 0)
-            prompt = index(s.encoder_prompt, s.clip_skip, True)
-            negative = index(s.negative_prompt, s.clip_skip, False)
+            uses = tuple(LoraUse((loras or {})[x.sha256], float(x.unet), float(x.te), x.dyn) for x in s.loras
+                         if x.unet != 0 or x.te != 0)
+            prompt = index(s.encoder_prompt, s.clip_skip, True, uses)
+            negative = index(s.negative_prompt, s.clip_skip, False, uses)
             source = noise_source(s.rng, device)
             for image in s.image_seeds():
                 seed = RowSeed(image.seed, image.subseed, float(s.subseed_strength) if image.subseed is not None else 0.0,
                                s.seed_resize_from, s.eta_noise_seed_delta, source)
-                rows.append(ImageRow(req.job_id, seed, float(s.cfg_scale), prompt, negative, chain))
+                rows.append(ImageRow(req.job_id, seed, float(s.cfg_scale), prompt, negative, chain, uses))
         return cls(tuple(rows), tuple(prompts))
 
     def __len__(self) -> int:

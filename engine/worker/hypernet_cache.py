@@ -1,4 +1,4 @@
-"""Loaded hypernetworks kept on the device, bounded in bytes, least recently used out.
+"""Loaded hypernetworks (and LoRAs: one cache per kind) kept on the device, bounded in bytes, least recently used out.
 
 Why: loading and moving a hypernet to the GPU costs far more than a UNet step, and popular ones
 are used again and again; but VRAM is finite, so the cache is capped in bytes rather than count.
@@ -45,7 +45,9 @@ class HypernetCache(Generic[T]):
     excess goes as soon as the next batch no longer needs it.
     """
 
-    def __init__(self, store_dir: str | Path, max_bytes: int, loader: Callable[[Path], T]) -> None:
+    def __init__(self, store_dir: str | Path, max_bytes: int, loader: Callable[[Path], T], *,
+                 kind: str = "hypernetwork") -> None:
+        self._kind = kind  # what the files are, for the user's message ("A LoRA used by this request ...")
         self._store_dir = Path(store_dir)
         self._max_bytes = max_bytes
         self._loader = loader
@@ -73,13 +75,13 @@ class HypernetCache(Generic[T]):
 
     def _load(self, path: Path) -> T:
         if not path.is_file():
-            raise InvalidModelFile("A hypernetwork used by this request is no longer installed.")
+            raise InvalidModelFile(f"A {self._kind} used by this request is no longer installed.")
         try:
             return self._loader(path)
         except InvalidModelFile:
             raise
         except (OSError, ValueError, KeyError) as exc:
-            raise InvalidModelFile("A hypernetwork used by this request could not be read.") from exc
+            raise InvalidModelFile(f"A {self._kind} used by this request could not be read.") from exc
 
     def _trim(self, keep: set[str]) -> None:
         for digest in list(self._entries):

@@ -28,12 +28,14 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from engine.errors import InvalidModelFile
 from engine.hypernet import Hypernetwork, load_canonical
+from engine.lora import LoraNetwork, load_lora_safetensors, table_for_models
 from engine.protocol import (
     PROTOCOL_VERSION,
     BatchDone,
@@ -88,6 +90,8 @@ class Worker:
         self._busy = False
         self._cache_snapshot: tuple[int, tuple[str, ...]] = (0, ())
         self._names: dict[str, str] = {}
+        self._loras: HypernetCache[LoraNetwork] | None = None  # set in run(): its loader needs the model
+        self._job_loras: dict[int, Mapping[str, LoraNetwork]] = {}  # the batch being rendered: job -> its LoRAs
         self._device_is_cuda = False
         self._stats = _BatchStats()
 
@@ -149,7 +153,13 @@ class Worker:
         def load(path: os.PathLike[str]) -> Hypernetwork:
             return load_canonical(str(path)).to(renderer.device, renderer.hypernet_dtype)
 
+        table = table_for_models(renderer.unet, renderer.text_encoder)
+
+        def load_lora(path: Path) -> LoraNetwork:
+            return load_lora_safetensors(path, key=path.stem, table=table).to(renderer.device)
+
         cache: HypernetCache[Hypernetwork] = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load)
+        self._loras = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load_lora, kind="LoRA")
         self.send(Hello(protocol_version=PROTOCOL_VERSION, pid=os.getpid(), device=str(renderer.device),
                         checkpoint=cfg.checkpoint, dtype=str(renderer.dtype).removeprefix("torch."),
                         context_dim=int(renderer.context_dim), attention_widths=tuple(sorted(renderer.attention_widths))))
@@ -176,7 +186,10 @@ class Worker:
             else:
                 live.append(req)
         nets = self._resolve(live, cache)
-        self._render(renderer, [r for r in live if r.job_id in nets], nets)
+        try:
+            self._render(renderer, [r for r in live if r.job_id in nets], nets)
+        finally:
+            self._job_loras.clear()
         with self._cancel_lock:
             self._cancelled.difference_update(r.job_id for r in batch.requests)
         stats = self._stats
@@ -185,14 +198,18 @@ class Worker:
 
     def _resolve(self, requests: Sequence[GenerateRequest], cache: HypernetCache[Hypernetwork]
                  ) -> dict[int, Mapping[str, Hypernetwork]]:
-        """Per job, its hypernets from the cache; a job whose files are missing fails alone (bad request).
+        """Per job, its hypernets from the cache (its LoRAs go to ``self._job_loras``); a job whose files are missing
+        fails alone (bad request).
 
-        Hypernets at multiplier 0 are left out: A1111's ``x + y * 0`` is ``x``, so they need no file."""
+        Models at multiplier 0 are left out: A1111's ``x + y * 0`` is ``x``, so they need no file."""
         out: dict[int, Mapping[str, Hypernetwork]] = {}
         for req in requests:
             used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
             try:
                 out[req.job_id] = cache.get_many(ref.sha256 for ref in used)
+                if self._loras is not None:
+                    self._job_loras[req.job_id] = self._loras.get_many(
+                        x.sha256 for x in req.settings.loras if x.te != 0 or x.unet != 0)
             except InvalidModelFile as exc:
                 self._fail(req, FailureKind.BAD_REQUEST, exc.message)
                 continue
@@ -207,6 +224,7 @@ class Worker:
         if not requests:
             return
         merged = {d: n for r in requests for d, n in nets[r.job_id].items()}
+        loras = {d: n for r in requests for d, n in self._job_loras.get(r.job_id, {}).items()}
         done: set[int] = set()  # jobs already answered (cancelled mid-run)
         progress = _ProgressGate(self._config.progress_interval_s)
         step_started = [time.monotonic()]
@@ -231,7 +249,7 @@ class Worker:
             return set(done)
 
         try:
-            outputs = renderer.generate(requests, merged, on_step=on_step, should_stop=should_stop)
+            outputs = renderer.generate(requests, merged, loras=loras, on_step=on_step, should_stop=should_stop)
         except Cancelled:
             for r in requests:
                 if r.job_id not in done:

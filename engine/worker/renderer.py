@@ -38,6 +38,7 @@ from engine.conditioning import ConditioningError, EmbeddingSet, PromptEncoder, 
 from engine.fit import ModelShape, fit_note
 from engine.hypernet import Hypernetwork
 from engine.hypernet.attention import install_hypernet_processors
+from engine.lora import LoraNetwork
 from engine.protocol import GenerateRequest
 from engine.samplers import resolve_sampler_and_schedule
 from engine.sampling import (
@@ -140,7 +141,8 @@ class Renderer:
 
     # ---- checks -------------------------------------------------------------------------------------------
 
-    def validate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork]) -> SamplingPlan:
+    def validate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork],
+                 loras: Mapping[str, LoraNetwork] | None = None) -> SamplingPlan:
         """Raise :class:`RequestError` (a ValueError) for a batch this engine cannot render; return its plan."""
         if not requests:
             raise RequestError("empty batch: nothing to render")
@@ -163,10 +165,11 @@ class Renderer:
             raise RequestError(f"width and height must be positive multiples of {f}, got {first.width}x{first.height}",
                                job)
         for req in requests:
-            self._validate_request(req, hypernets, plan)
+            self._validate_request(req, hypernets, loras or {}, plan)
         return plan
 
-    def _validate_request(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], plan: SamplingPlan) -> None:
+    def _validate_request(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork],
+                          loras: Mapping[str, LoraNetwork], plan: SamplingPlan) -> None:
         s, job = req.settings, req.job_id
         if s.count < 1:
             raise RequestError(f"count must be at least 1, got {s.count}", job)
@@ -181,6 +184,13 @@ class Renderer:
                 raise RequestError(f"hypernetwork {ref.name!r} ({ref.sha256[:10]}) is not loaded", job)
             if not math.isfinite(ref.multiplier):
                 raise RequestError(f"the multiplier of {ref.name!r} must be finite", job)
+        for lora in s.loras:
+            if not (math.isfinite(lora.te) and math.isfinite(lora.unet)):
+                raise RequestError(f"the multipliers of the LoRA {lora.name!r} must be finite", job)
+            if (lora.te != 0 or lora.unet != 0) and lora.sha256 not in loras:
+                raise RequestError(f"LoRA {lora.name!r} ({lora.sha256[:10]}) is not loaded", job)
+            if lora.dyn is not None and lora.dyn < 1:
+                raise RequestError(f"the dyn rank of the LoRA {lora.name!r} must be positive", job)
         for text, positive in ((s.encoder_prompt, True), (s.negative_prompt, False)):
             try:
                 self.encoder.plan(PromptRequest(text, plan.prompt_schedule_steps, s.clip_skip, positive))
@@ -200,20 +210,23 @@ class Renderer:
     # ---- generation ---------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
-                 on_step: OnStep | None = None, should_stop: ShouldStop | None = None,
+                 loras: Mapping[str, LoraNetwork] | None = None, on_step: OnStep | None = None,
+                 should_stop: ShouldStop | None = None,
                  on_report: Callable[[StepReport], None] | None = None) -> list[RenderOutput]:
         """Render compatible requests (same size, steps and sampler) in one UNet batch; see the module docstring.
 
         ``hypernets`` maps ``HypernetRef.sha256`` to a loaded hypernetwork (ideally already on ``device`` in
-        ``hypernet_dtype``).  ``on_step(done, total)`` runs after each sampler step (``total`` is the sampler's step
-        count: A1111's DDIM/PLMS/UniPC grids can differ from ``steps`` by one); ``on_report`` gets each step's
-        latents and denoised prediction (rows in request order; for previews and tests).  Returns one output per
-        request not cancelled, in request order.  Raises :class:`RequestError` for a bad batch, :class:`Cancelled`, and lets
-        everything else (``torch.cuda.OutOfMemoryError`` included) propagate.
+        ``hypernet_dtype``), ``loras`` maps ``LoraRef.sha256`` to a loaded LoRA network.  ``on_step(done, total)``
+        runs after each sampler step (``total`` is the sampler's step count: A1111's DDIM/PLMS/UniPC grids can
+        differ from ``steps`` by one); ``on_report`` gets each step's latents and denoised prediction (rows in
+        request order; for previews and tests).  Returns one output per request not cancelled, in request order.
+        Raises :class:`RequestError` for a bad batch, :class:`Cancelled`, and lets everything else
+        (``torch.cuda.OutOfMemoryError`` included) propagate.
         """
-        plan = self.validate(requests, hypernets)
-        notes = {r.job_id: self._request_warnings(r, hypernets) for r in requests}
-        rows = BatchRows.build(requests, hypernets, prompt_steps=plan.prompt_schedule_steps, device=self.device)
+        plan = self.validate(requests, hypernets, loras)
+        notes = {r.job_id: self._request_warnings(r, hypernets, loras or {}) for r in requests}
+        rows = BatchRows.build(requests, hypernets, prompt_steps=plan.prompt_schedule_steps, device=self.device,
+                               loras=loras)
         first = requests[0].settings
         with torch.no_grad():  # not inference_mode: the hypernet processor keys its cache on tensor versions
             conds = self.encoder.encode(rows.prompts)
@@ -229,14 +242,21 @@ class Renderer:
                 # torchsde complains about float rounding at the ends of the Brownian interval; harmless.
                 warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
                 latents = plan.run(guided, noise, _step_report(on_step, on_report))
+            for req in requests:  # LoRA modules that did not fit this model, for the jobs that used that LoRA
+                for name in dict.fromkeys(x.name for x in req.settings.loras if x.name in model.lora_skipped):
+                    notes[req.job_id].append(f"LoRA {name!r}: {len(model.lora_skipped[name])} module(s) skipped, "
+                                             "their update does not fit this model")
             return self._finish(requests, rows, latents, set(guided.active), notes)
 
-    def _request_warnings(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork]) -> list[str]:
+    def _request_warnings(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork],
+                          loras: Mapping[str, LoraNetwork]) -> list[str]:
         out: list[str] = []
         used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
         for digest in dict.fromkeys(ref.sha256 for ref in used):
             name = next(r.name for r in used if r.sha256 == digest)
             out += self.hypernet_warnings(hypernets[digest], name)
+        for digest in dict.fromkeys(x.sha256 for x in req.settings.loras if x.sha256 in loras):
+            out += [w for w in loras[digest].warnings if w not in out]  # e.g. how a DoRA file was applied
         return out
 
     def _decode(self, latent: torch.Tensor) -> Image.Image:

@@ -11,8 +11,11 @@ each at its own length, rather than padding one of them — padding changes the 
 We do the same over the whole batch: model rows are grouped by context length and each group is one UNet call, so
 a row sees exactly the context it would see alone.
 
-Context tensors and hypernet plans are reused across evaluations while a row's schedule entry stays the same, so the
-hypernets' cross-attention results stay cached (they are keyed on the context tensor).
+LoRAs: each model row carries its batch row's LoRA list (UNet multipliers) through :mod:`engine.lora`'s per-row
+hooks, active for that UNet call only; rows without one are untouched bit for bit.
+
+Context tensors, hypernet plans and LoRA batches are reused across evaluations while a row's schedule entry stays
+the same, so the hypernets' cross-attention results stay cached (they are keyed on the context tensor).
 
 v-prediction checkpoints (SD 2.x 768-v): the UNet predicts v; it is turned into eps (``eps = c_in * (v + sigma *
 x_in)``, the same conversion A1111's v denoiser implies) so that the samplers and CFG stay eps-based.
@@ -27,6 +30,7 @@ import torch
 
 from engine.conditioning import ScheduledCond, WeightedSchedule
 from engine.hypernet.attention import PerSampleHypernets
+from engine.lora import LoraBatch, build_lora_batch, lora_batch_active
 from engine.sampling import Evaluation, ModelRows
 from engine.sampling.schedules import DiscreteSigmas
 from engine.worker.batch_rows import BatchRows, HypernetChain
@@ -68,6 +72,8 @@ class BatchUNet:
         self.unet_calls = 0
         self._contexts: OrderedDict[tuple[tuple[int, int, int], ...], torch.Tensor] = OrderedDict()
         self._hypernets: dict[tuple[int, ...], PerSampleHypernets] = {}
+        self._loras: dict[tuple[int, ...], LoraBatch | None] = {}
+        self.lora_skipped: dict[str, set[str]] = {}  # LoRA name -> modules its update did not fit (A1111 skips them)
 
     def schedule_of(self, row: int, part: int) -> Sequence[ScheduledCond]:
         """The schedule of batch row ``row``'s AND part ``part`` (-1: its negative prompt)."""
@@ -95,10 +101,12 @@ class BatchUNet:
               members: Sequence[int]) -> torch.Tensor:
         group = tuple(keys[k] for k in members)
         context = self._context(group, x.device)
-        hypernets = self._hypernets_of(tuple(key[0] for key in group))
+        batch_rows = tuple(key[0] for key in group)
+        hypernets = self._hypernets_of(batch_rows)
         self.unet_calls += 1
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=context,
-                        cross_attention_kwargs={"hypernets": hypernets}).sample
+        with lora_batch_active(self.unet, self._loras_of(batch_rows)):
+            out = self.unet(x.to(self.dtype), t, encoder_hidden_states=context,
+                            cross_attention_kwargs={"hypernets": hypernets}).sample
         if self.v_prediction:
             sigma = self.view.t_to_sigma(t.cpu()).to(x.device).view(-1, 1, 1, 1)
             c_in = 1 / (sigma ** 2 + 1) ** 0.5
@@ -115,6 +123,16 @@ class BatchUNet:
         if len(self._contexts) > _CACHE_ENTRIES:
             self._contexts.popitem(last=False)
         return context
+
+    def _loras_of(self, batch_rows: tuple[int, ...]) -> LoraBatch | None:
+        """The UNet LoRA batch of these model rows (their rows' LoRAs at the UNet multipliers), built once."""
+        if batch_rows not in self._loras:
+            uses = [self.rows.rows[r].loras for r in batch_rows]
+            batch = build_lora_batch(self.unet, "unet", uses) if any(uses) else None
+            for name, module in batch.skipped if batch is not None else ():
+                self.lora_skipped.setdefault(name, set()).add(module)
+            self._loras[batch_rows] = batch
+        return self._loras[batch_rows]
 
     def _hypernets_of(self, batch_rows: tuple[int, ...]) -> PerSampleHypernets:
         found = self._hypernets.get(batch_rows)

@@ -135,7 +135,8 @@ def test_unparsable_multiplier_message() -> None:
         ("x <hypernet: :0.5>", "<hypernet: :0.5>", "the hypernet name is missing"),
         ("x hypernet::1", "hypernet::1", "the hypernet name is missing"),
         ("x <hypernet:a:1:junk>", "<hypernet:a:1:junk>", "unexpected extra part `junk`"),
-        ("x <lora:someLora:0.8>", "<lora:someLora:0.8>", "`lora` tags are not supported here"),
+        ("x <embedding:someThing:0.8>", "<embedding:someThing:0.8>", "`embedding` tags are not supported here"),
+        ("x <LORA:someLora:0.8>", "<LORA:someLora:0.8>", "write the tag type in lower case: `<lora:…>`"),
         ("x <HYPERNET:foo:1>", "<HYPERNET:foo:1>", "write the tag type in lower case"),
         ("x <hypernet:a\nb:1>", "<hypernet:a\nb:1>", "— model names cannot contain control characters"),
         ("x <hypernet:a<b:1>", "<hypernet:a<b:1>", "— model names cannot contain `<` or `>` (they delimit tags)"),
@@ -205,7 +206,9 @@ def test_negative_prompt_refuses_hypernets(negative: str) -> None:
 
 
 def test_negative_prompt_passes_other_text() -> None:
-    assert check_negative_prompt("  blurry,\n <lora:x:1>  ", max_length=100) == "blurry, <lora:x:1>"
+    assert check_negative_prompt("  blurry,\n <foo:x:1>  ", max_length=100) == "blurry, <foo:x:1>"
+    with pytest.raises(PromptError, match=r"^`<lora:x:1>` — LoRAs go in the prompt, not in the negative prompt"):
+        check_negative_prompt("blurry <lora:x:1>", max_length=100)
     assert check_negative_prompt("", max_length=100) == ""
     with pytest.raises(PromptError, match="limit is 3"):
         check_negative_prompt("abcd", max_length=3)
