@@ -27,6 +27,7 @@ from bot.store import Hypernet
 from cogs.autocomplete import guarded_choices, hypernet_autocomplete
 from cogs.embeds import clip, quote
 from cogs.ui import ConfirmView, Page, Pager
+from engine.intake import clean_text, quote_text
 from engine.prompt import format_multiplier, format_tag
 
 if TYPE_CHECKING:
@@ -111,19 +112,22 @@ def info_embed(h: Hypernet, flag: str | None) -> discord.Embed:
 def _added_text(outcome: AddOutcome) -> str:
     h = outcome.hypernet
     text = (f"Added `{h.name}` ({'global' if h.is_global else 'this server'}): sizes "
-            f"{', '.join(map(str, h.sizes))}, {h.activation}, layers [{', '.join(_mult(x) for x in h.layer_structure)}]. "
-            f"Use it with `{example_tag(h)}`.")
+            f"{', '.join(map(str, h.sizes))}, {clean_text(h.activation, 40)}, "
+            f"layers [{', '.join(_mult(x) for x in h.layer_structure)}]. Use it with `{example_tag(h)}`.")
     for note in outcome.notes:
-        text += f"\n⚠️ {clip(note, 300)}"
+        text += f"\n⚠️ {clean_text(note, 300)}"
     return text[:2000]
 
 
 def _rescan_text(report: FolderSyncReport) -> str:
+    """The rescan report; every path and reason passes through clean_text (they come from the owner's folder)."""
     lines = [f"Rescanned the models folder: {report.summary()}."]
     for label, names in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
         if names:
-            lines.append(f"{label.capitalize()}: " + ", ".join(f"`{n}`" for n in names[:30]))
-    lines += [f"✗ `{quote(path, 100)}`: {clip(reason, 200)}" for path, reason in report.refused[:15]]
+            lines.append(f"{label.capitalize()}: " + ", ".join(f"`{quote_text(n, 64)}`" for n in names[:30]))
+    lines += [f"✗ `{quote_text(path, 100)}`: {clean_text(reason, 300)}" for path, reason in report.refused[:15]]
+    if len(report.refused) > 15:
+        lines.append(f"…and {len(report.refused) - 15} more refused files (the log lists them all).")
     return "\n".join(lines)[:2000]
 
 
@@ -209,7 +213,7 @@ class HypernetsCog(commands.GroupCog, group_name="hypernets", group_description=
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             if file is not None:
-                await interaction.edit_original_response(content=f"Checking `{quote(file.filename, 100)}`…")
+                await interaction.edit_original_response(content=f"Checking `{quote_text(file.filename, 100)}`…")
                 data = await file.read()
                 outcome = await self.service.add_from_bytes(data, filename=file.filename, guild_id=guild_id,
                                                             added_by=interaction.user.id, options=options,

@@ -2,31 +2,41 @@
 
 Why beside the service: intake refusals (:class:`engine.intake.IntakeRefused`), name-rule refusals
 (:class:`engine.names.InvalidModelName`) and the store's (name taken, duplicate file) all reach the admin as a
-:class:`ModelError`, phrased by :func:`refused` and :func:`bad_name` so every path words them the same way.
+:class:`ModelError`, phrased by :func:`refused` and :func:`bad_name` so every path words them the same way.  Names
+and texts that came with a file pass through :func:`engine.intake.clean_text` / :func:`engine.intake.quote_text`
+here, so no reply or log line carries a stranger's newlines, terminal escapes or bidi overrides.
 """
 
 from __future__ import annotations
 
 from bot.errors import UserFacingError
-from engine.intake import IntakeRefused
+from engine.intake import FileIdentity, IntakeRefused, clean_text, quote_text
 from engine.names import InvalidModelName
 
 __all__ = ["ModelError", "bad_name", "refused"]
 
 
 class ModelError(UserFacingError):
-    """A refusal whose one-line message is shown to the admin; nothing was written when it is raised."""
+    """A refusal whose one-line message is shown to the admin; nothing was written when it is raised.
+
+    ``identity``: what intake found the file to be, when the refusal came from intake (a LoRA, a web page...).
+    """
+
+    def __init__(self, message: str, identity: FileIdentity | None = None) -> None:
+        super().__init__(message)
+        self.identity = identity
 
 
 def refused(error: IntakeRefused) -> ModelError:
     """Intake's reason as the admin reads it: ``Refused: <reason>.``"""
-    text = str(error).strip()
-    return ModelError(f"Refused: {text}" + ("" if text.endswith((".", "!", "?")) else "."))
+    text = clean_text(error, 500).strip()
+    return ModelError(f"Refused: {text}" + ("" if text.endswith((".", "!", "?")) else "."), error.identity)
 
 
 def bad_name(name: str, error: InvalidModelName, *, from_file: bool = False) -> ModelError:
     """Why ``name`` cannot be a model name; for a file stem, how to name the model instead."""
+    shown = quote_text(name, 80)
     if from_file:
-        return ModelError(f"The file name `{name[:80]}` cannot be a model name ({error}); give one with the `name` "
-                          f"option.")
-    return ModelError(f"`{name[:80]}` cannot be a model name: {error}.")
+        return ModelError(f"The file name `{shown}` cannot be a model name ({clean_text(error)}); give one with the "
+                          "`name` option.")
+    return ModelError(f"`{shown}` cannot be a model name: {clean_text(error)}.")

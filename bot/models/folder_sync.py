@@ -4,29 +4,38 @@ Why a class of its own: a rescan is a reconciliation (what is on disk against th
 rules of its own — the last file of a stem wins, changed files keep the admin's edits, unchanged files are not
 parsed again — while every file still goes through the installer's steps (name check, sandboxed intake,
 registration, garbage collection) under the installer's lock, so a folder file is held to the same rules as an
-upload.  Called at bot start and by the owners' ``/hypernets rescan``.
+upload.  Each file is opened once (:func:`engine.intake.open_in_folder`) and that open file is hashed, checked and
+installed, so a file swapped or a link re-pointed meanwhile cannot slip in.  One bad file never stops a scan: every
+file's failure, expected or not, is caught, logged and reported, and the good files around it are installed.
+Called at bot start and by the owners' ``/hypernets rescan``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.models.errors import ModelError
+from bot.models.errors import ModelError, refused
 from bot.models.install import ModelInstaller, ModelOptions
 from bot.store import Hypernet
-from engine.intake import FolderEntry, file_sha256, scan_folder
+from engine.intake import FolderEntry, IntakeRefused, clean_text, file_sha256, open_in_folder, scan_folder
 
 __all__ = ["FolderSync", "FolderSyncReport"]
 
 log = logging.getLogger("bot.models")
 
+OUR_SIDE = ("Not checked: something went wrong on our side (the log has the details); the other files were scanned, "
+            "run the rescan again later.")
+
 
 @dataclass(slots=True)
 class FolderSyncReport:
-    """What one folder scan did (names of models; refused files by relative path with the reason)."""
+    """What one folder scan did: names of models; refused or skipped files as ``(relative path, reason)``, both
+    safe to show (:func:`engine.intake.clean_text`)."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
@@ -39,6 +48,9 @@ class FolderSyncReport:
         return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.removed)} removed, "
                 f"{self.unchanged} unchanged, {len(self.refused)} refused")
 
+    def refuse(self, relpath: str, reason: str) -> None:
+        self.refused.append((clean_text(relpath, 200), clean_text(reason, 400)))
+
 
 class FolderSync:
     """Rescans of one folder; remembers ``(size, mtime)`` of each relative path last seen installed.
@@ -46,9 +58,10 @@ class FolderSync:
     Rules of a rescan: new files are added; changed files are re-validated and replace their model (keeping
     description, trigger words, default multiplier and enabled; a changed file that fails intake leaves the old
     model in place); models whose file vanished are removed; unreferenced canonical files are deleted.  As in
-    A1111, of several files with the same stem the last in case-insensitive path order wins.  Refused files are
-    logged and listed in the report; they never stop the scan.  Unchanged files are recognised by size and
-    mtime, or after a restart by their sha256, so they are not parsed again.
+    A1111, of several files with the same stem the last in case-insensitive path order wins.  Refused files, and
+    files the listing skipped for a reason (a link pointing outside the folder...), are logged and listed in the
+    report; they never stop the scan.  Unchanged files are recognised by size and mtime, or after a restart by
+    their sha256, so they are not parsed again.
     """
 
     def __init__(self, installer: ModelInstaller, folder: str | Path) -> None:
@@ -61,13 +74,15 @@ class FolderSync:
         installer, report = self._installer, FolderSyncReport()
         async with installer.lock:  # no intake runs meanwhile, so any temp folder in the store is a crash's leftover
             await installer.purge_temp()
-            entries = await asyncio.to_thread(scan_folder, self.folder)
+            scan = await asyncio.to_thread(scan_folder, self.folder)
+            for relpath, reason in scan.skipped:
+                report.refuse(relpath, f"Skipped: {reason}.")
             rows = {h.source_detail: h for h in await self._folder_rows() if h.source_detail}
             winners: dict[str, FolderEntry] = {}
-            for entry in entries:  # sorted by path ignoring case: the last one of a stem wins
+            for entry in scan.entries:  # sorted by path ignoring case: the last one of a stem wins
                 previous = winners.get(entry.stem.casefold())
                 if previous is not None:
-                    report.refused.append((previous.relpath, f"shadowed by `{entry.relpath}` (same name)"))
+                    report.refuse(previous.relpath, f"Skipped: shadowed by `{clean_text(entry.relpath)}` (same name).")
                 winners[entry.stem.casefold()] = entry
             wanted = {e.relpath: e for e in winners.values()}
             for relpath, row in rows.items():
@@ -76,11 +91,11 @@ class FolderSync:
                     self._known.pop(relpath, None)
                     report.removed.append(row.name)
             for entry in wanted.values():
-                await self._sync_entry(entry, rows.get(entry.relpath), report)
+                await self._sync_guarded(entry, rows.get(entry.relpath), report)
             report.deleted_files = await installer.collect()
         for relpath, reason in report.refused:
             log.warning("model folder: %s not installed: %s", relpath, reason)
-        log.info("model folder %s: %s", self.folder, report.summary())
+        log.info("model folder %s: %s", clean_text(self.folder, 300), report.summary())
         return report
 
     async def _folder_rows(self) -> list[Hypernet]:
@@ -90,38 +105,48 @@ class FolderSync:
             rows += page
         return [h for h in rows if h.source == "folder"]
 
+    async def _sync_guarded(self, entry: FolderEntry, row: Hypernet | None, report: FolderSyncReport) -> None:
+        """One file, whatever happens to it: a refusal is reported, a bug is logged and reported too."""
+        try:
+            await self._sync_entry(entry, row, report)
+        except ModelError as error:
+            report.refuse(entry.relpath, error.message)
+        except IntakeRefused as error:
+            report.refuse(entry.relpath, refused(error).message)
+        except Exception as error:  # a bug: logged with its traceback, on one line (names in it came from the folder)
+            trace = "".join(traceback.format_exception(error))
+            log.error("model folder: checking %s failed: %s", clean_text(entry.relpath, 300), clean_text(trace, 8000))
+            report.refuse(entry.relpath, OUR_SIDE)
+        else:
+            return
+        if row is not None and await self._installer.store.hypernets.get(row.id) is None:
+            report.removed.append(row.name)  # replaced row was dropped but the new one could not be added
+
     async def _sync_entry(self, entry: FolderEntry, row: Hypernet | None, report: FolderSyncReport) -> None:
         installer = self._installer
         stamp = (entry.size, entry.mtime)
-        path = self.folder / entry.relpath
-        if row is not None and row.name == entry.stem:
-            if self._known.get(entry.relpath) == stamp:
-                report.unchanged += 1
-                return
-            try:
-                digest = await asyncio.to_thread(file_sha256, path)
-            except OSError as error:
-                report.refused.append((entry.relpath, f"the file could not be read ({error.strerror})"))
-                return
-            if digest == row.sha256:
-                self._known[entry.relpath] = stamp
-                report.unchanged += 1
-                return
-        try:
-            installer.check_name(entry.stem)
-            result = await installer.ingest(path, entry.relpath.rsplit("/", 1)[-1])
-            options, enabled = ModelOptions(name=entry.stem), True
-            if row is not None:  # the file changed: carry the admin's edits over, then replace the old row
-                options = ModelOptions(name=entry.stem, description=row.description, trigger_words=row.trigger_words,
-                                       default_multiplier=row.default_multiplier)
-                enabled = row.enabled
-                await installer.store.hypernets.remove(row.id)
-            await installer.register(result, name=entry.stem, guild_id=None, added_by=None, options=options,
-                                     source="folder", source_detail=entry.relpath, enabled=enabled)
-        except ModelError as error:
-            report.refused.append((entry.relpath, error.message))
-            if row is not None and await installer.store.hypernets.get(row.id) is None:
-                report.removed.append(row.name)  # replaced row was dropped but the new one could not be added
+        same_name = row is not None and row.name == entry.stem
+        if same_name and self._known.get(entry.relpath) == stamp:
+            report.unchanged += 1
             return
+        with await asyncio.to_thread(open_in_folder, self.folder, entry.relpath) as f:
+            st = os.fstat(f.fileno())
+            stamp = (st.st_size, st.st_mtime)  # of the file actually read, which may have changed since the listing
+            if same_name:
+                assert row is not None
+                if await asyncio.to_thread(file_sha256, f) == row.sha256:
+                    self._known[entry.relpath] = stamp
+                    report.unchanged += 1
+                    return
+            installer.check_name(entry.stem)
+            result = await installer.ingest(f, entry.relpath.rsplit("/", 1)[-1])
+        options, enabled = ModelOptions(name=entry.stem), True
+        if row is not None:  # the file changed: carry the admin's edits over, then replace the old row
+            options = ModelOptions(name=entry.stem, description=row.description, trigger_words=row.trigger_words,
+                                   default_multiplier=row.default_multiplier)
+            enabled = row.enabled
+            await installer.store.hypernets.remove(row.id)
+        await installer.register(result, name=entry.stem, guild_id=None, added_by=None, options=options,
+                                 source="folder", source_detail=entry.relpath, enabled=enabled)
         self._known[entry.relpath] = stamp
         (report.updated if row is not None else report.added).append(entry.stem)

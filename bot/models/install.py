@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bot.models.errors import ModelError, bad_name, refused
 from bot.store import DuplicateModel, Hypernet, InvalidName, NameTaken, NewHypernet, Store
-from engine.intake import IntakeLimits, IntakeRefused, IntakeResult, ingest_bytes, purge_temp
+from engine.intake import IntakeLimits, IntakeRefused, IntakeResult, Source, ingest_bytes, purge_temp
 from engine.names import InvalidModelName, check_model_name
 
 __all__ = ["ModelInstaller", "ModelOptions"]
@@ -72,8 +72,9 @@ class ModelInstaller:
 
     # ---- steps (lock held) ----------------------------------------------------------------------------------
 
-    async def ingest(self, data: bytes | Path, filename: str) -> IntakeResult:
-        """Run intake; its refusal becomes a :class:`ModelError`."""
+    async def ingest(self, data: Source, filename: str) -> IntakeResult:
+        """Run intake on the bytes of an upload or on a file the caller opened once; a refusal becomes a
+        :class:`ModelError`."""
         try:
             return await ingest_bytes(data, filename=filename, store_dir=self.store_dir, limits=self.limits)
         except IntakeRefused as error:

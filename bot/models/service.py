@@ -27,7 +27,7 @@ from bot.models.folder_sync import FolderSync, FolderSyncReport
 from bot.models.install import ModelInstaller, ModelOptions
 from bot.store import Hypernet, Store
 from engine.fit import ModelShape, fit_note
-from engine.intake import IntakeLimits, IntakeRefused
+from engine.intake import IntakeLimits, IntakeRefused, clean_text, quote_text
 from engine.intake.download import download as safe_download
 
 __all__ = ["MAX_DESCRIPTION", "MAX_TRIGGER_WORDS", "AddOutcome", "Downloader", "ModelService"]
@@ -127,12 +127,13 @@ class ModelService:
                              options: ModelOptions = ModelOptions(), source: str = "attachment",
                              source_detail: str | None = None) -> AddOutcome:
         """Validate ``data`` through intake and register it; :class:`ModelError` (nothing written) when refused."""
+        detail = clean_text(source_detail, 200) if source_detail else None  # an attachment's name, a link: shown later
         try:
             return await self._add(data, filename=filename, guild_id=guild_id, added_by=added_by, options=options,
-                                   source=source, source_detail=source_detail)
+                                   source=source, source_detail=detail)
         except ModelError as error:
-            log.info("model add refused (user %s, guild %s, %s %r): %s", added_by, guild_id, source,
-                     source_detail or filename, error.message)
+            log.info("model add refused (user %s, guild %s, %s %s): %s", added_by, guild_id, source,
+                     clean_text(source_detail or filename), clean_text(error.message, 500))
             raise
 
     async def add_from_url(self, url: str, *, guild_id: int | None, added_by: int | None,
@@ -144,8 +145,8 @@ class ModelService:
                 await self.installer.check_name_free(options.name, guild_id)
             data, filename = await self._fetch(url, progress, named=options.name is not None)
         except ModelError as error:
-            log.info("model add refused (user %s, guild %s, url %r): %s", added_by, guild_id, _public_url(url),
-                     error.message)
+            log.info("model add refused (user %s, guild %s, url %s): %s", added_by, guild_id,
+                     clean_text(_public_url(url), 500), clean_text(error.message, 500))
             raise
         return await self.add_from_bytes(data, filename=filename, guild_id=guild_id, added_by=added_by,
                                          options=options, source="url", source_detail=_public_url(url))
@@ -202,7 +203,7 @@ class ModelService:
         names = await self.store.hypernets.visible_names(guild_id, enabled_only=not include_disabled)
         same = [n for n in names if n.casefold() == name.casefold()]
         hint = f" Did you mean `{same[0]}`? Names are case-sensitive." if same else ""
-        raise ModelError(f"There is no hypernetwork named `{name[:80]}` here.{hint}")
+        raise ModelError(f"There is no hypernetwork named `{quote_text(name, 80)}` here.{hint}")
 
     def require_manageable(self, hypernet: Hypernet, guild_id: int | None, *, is_owner: bool) -> None:
         """Guild admins manage their guild's models; global ones are the bot owners'."""

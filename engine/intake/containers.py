@@ -1,28 +1,28 @@
-"""Container checks for uploaded model files, in pure Python and without executing anything from the file.
+"""Container checks for PyTorch files, in pure Python and bounded, without executing anything from the file.
 
 Why before any child process: a ``.pt`` file is a pickle, and unpickling runs code.  Before the sandbox ever sees a
-file, :func:`sniff` names its container and the checks here refuse what a ``torch.save`` or a safetensors writer
-never produces: zip members other than the few PyTorch writes, compressed or corrupt members, pickles whose global
-references (read from the opcodes, see :func:`pickle_globals`) go beyond a short allow-list, safetensors headers
-that do not fit the file.  Step 2 of :mod:`engine.intake.ingest`; torch-free.
+file, the checks here refuse what a ``torch.save`` never produces: zip members other than the few PyTorch writes,
+compressed, encrypted or corrupt members, pickles whose global references (read from the opcodes,
+:mod:`engine.intake.pickles`) go beyond a short allow-list.  Each check is bounded whatever the file declares: the
+zip's central directory is measured from its end record before :mod:`zipfile` reads it, ``data.pkl`` has a size
+cap, and any exception from :mod:`zipfile` on a crafted archive is a refusal, not a crash.  Safetensors headers
+are checked by :mod:`engine.intake.safetensors_header`.  Torch-free.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import pickletools
 import re
+import struct
 import zipfile
-from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
-from engine.intake.base import IntakeRefused, MiB, quote_text
+from engine.intake.base import IntakeRefused, MiB, damaged, human_size, quote_text
+from engine.intake.kinds import FileIdentity, FileKind
+from engine.intake.pickles import pickle_globals
 
-__all__ = [
-    "ALLOWED_GLOBALS", "Container", "check_legacy_pickle", "check_safetensors_header", "check_torch_zip", "pickle_globals",
-    "sniff",
-]
+__all__ = ["ALLOWED_GLOBALS", "MAX_DIRECTORY_BYTES", "MAX_PICKLE_BYTES", "check_globals", "check_legacy_pickle",
+           "check_torch_zip", "open_zip"]
 
 # Globals a hypernetwork pickle needs (docs/hypernetwork-format.md §1.10); anything else is refused unread.
 ALLOWED_GLOBALS = frozenset({
@@ -35,150 +35,130 @@ ALLOWED_GLOBALS = frozenset({
     "torch.BFloat16Storage",
     "torch.DoubleStorage",
 })
+# Data-only references other PyTorch or NumPy files hold: unusual in a hypernetwork, but no sign of an attack.
+_DATA_ONLY = re.compile(r"torch\.[A-Za-z0-9]*Storage|torch\.(?:Size|device|dtype|float\d*|half|bfloat16|int\d*|bool)"
+                        r"|torch\._utils\._rebuild_\w+|torch\._tensor\._rebuild_from_type_v2|torch\.serialization\._get_layout"
+                        r"|torch\.nn\.parameter\.Parameter|collections\.(?:defaultdict|Counter|deque)|_codecs\.encode"
+                        r"|numpy\.(?:_core|core)\.multiarray\.(?:_reconstruct|scalar)|numpy\.(?:ndarray|dtype)"
+                        r"|builtins\.(?:set|frozenset|slice|complex|bytearray)")
 _ZIP_MEMBER = re.compile(r"(?:data\.pkl|version|\.format_version|\.storage_alignment|byteorder|\.data/version"
                          r"|\.data/serialization_id|data/[0-9]{1,9})")
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
-_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
-_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
-_PY2_MODULES = {"__builtin__": "builtins"}  # protocol-2 pickles name builtins the Python 2 way
-
-Container = Literal["pt", "pt-legacy", "safetensors"]
-
-
-def sniff(head: bytes) -> Container:
-    """Which container the first bytes announce; refuses anything else."""
-    if head.startswith(b"PK\x03\x04"):
-        return "pt"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pt-legacy"
-    if len(head) >= 9:
-        header_len = int.from_bytes(head[:8], "little")
-        if 2 <= header_len <= 100 * MiB and head[8:9] == b"{":
-            return "safetensors"
-    raise IntakeRefused("the file is neither a PyTorch .pt file nor a .safetensors file")
+MAX_DIRECTORY_BYTES = 2 * MiB  # a full SDXL checkpoint's zip directory is ~350 KiB
+MAX_PICKLE_BYTES = 16 * MiB  # a checkpoint's data.pkl is a few hundred KiB, a hypernetwork's a few KiB
+_END = b"PK\x05\x06"
+_END64 = b"PK\x06\x06"
+_LOCATOR64 = b"PK\x06\x07"
 
 
-def pickle_globals(stream: IO[bytes]) -> list[str]:
-    """The ``module.name`` references one pickle makes, read from its opcodes without executing any.
-
-    ``STACK_GLOBAL`` takes its names from the stack; only the plain form (two strings pushed right before,
-    possibly via the memo) is understood, anything cleverer is refused as unverifiable.
-    """
-    found: list[str] = []
-    memo: dict[int, object] = {}
-    recent: list[object] = []  # values pushed by the last ops (strings, or None for anything else)
-    for op, arg, _pos in pickletools.genops(stream):
-        name = op.name
-        if name in ("GLOBAL", "INST"):
-            module, _, attr = str(arg).partition(" ")
-            found.append(f"{_PY2_MODULES.get(module, module)}.{attr}")
-        elif name == "STACK_GLOBAL":
-            if len(recent) < 2 or not all(isinstance(x, str) for x in recent[-2:]):
-                raise IntakeRefused("the file's pickle builds a code reference indirectly; refused unread")
-            found.append(f"{recent[-2]}.{recent[-1]}")
-        elif name in ("EXT1", "EXT2", "EXT4"):
-            raise IntakeRefused("the file's pickle uses the copyreg extension registry; refused unread")
-        if name in _STRING_OPS:
-            recent.append(arg if isinstance(arg, str) else None)
-        elif name in _PUT_OPS:
-            memo[len(memo) if name == "MEMOIZE" else _index(arg)] = recent[-1] if recent else None
-        elif name in _GET_OPS:
-            recent.append(memo.get(_index(arg)))
-        else:
-            recent.append(None)
-        del recent[:-4]
-    return found
+def _broken_zip(size: int, problem: str = "it is not a complete zip archive") -> IntakeRefused:
+    return IntakeRefused(damaged(problem), FileIdentity(FileKind.DAMAGED, size, "pt", problem=problem))
 
 
-def _index(arg: object) -> int:
-    """A memo index opcode argument (always an int for the ops that carry one)."""
-    if not isinstance(arg, int):
-        raise IntakeRefused("the file is truncated or damaged (its pickle data cannot be parsed)")
-    return arg
-
-
-def _refuse_globals(refs: list[str]) -> None:
+def check_globals(refs: list[str]) -> None:
+    """Refuse references beyond the allow-list: as code when they could run any, as unusual data otherwise."""
     for ref in refs:
-        if ref not in ALLOWED_GLOBALS:
-            raise IntakeRefused(f"the file would run code when loaded (it calls `{quote_text(ref)}`); refused unread")
+        if ref in ALLOWED_GLOBALS:
+            continue
+        if ref.startswith("pytorch_lightning.") or ref.startswith("lightning."):
+            raise IntakeRefused(f"the file holds PyTorch Lightning training state (`{quote_text(ref)}`), as a full "
+                                "model checkpoint does, not a hypernetwork; refused unread")
+        if _DATA_ONLY.fullmatch(ref):
+            raise IntakeRefused(f"the file stores `{quote_text(ref)}` objects, which a hypernetwork never holds; refused "
+                                "unread (if it is one, save it again with A1111)")
+        raise IntakeRefused(f"the file would run code when loaded (it calls `{quote_text(ref)}`); refused unread, do "
+                            "not load it anywhere else either")
 
 
 def _scan_pickle(stream: IO[bytes]) -> None:
+    check_globals(pickle_globals(stream))
+
+
+def _directory_bytes(f: IO[bytes], size: int) -> int:
+    """The largest central-directory size any end record near the end claims (regular and zip64): what
+    :mod:`zipfile` will read; refuses when there is no end record."""
+    tail_len = min(size, (1 << 16) + 22 + 76)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    starts = {tail.rfind(_END)} | ({tail_len - 22} if tail[-22:-18] == _END else set())
+    claims = []
+    for start in starts - {-1}:
+        record = tail[start:start + 22]
+        if len(record) < 22:
+            continue
+        claims.append(struct.unpack_from("<I", record, 12)[0])
+        locator = start - 20
+        if locator >= 56 and tail[locator:locator + 4] == _LOCATOR64 and tail[locator - 56:locator - 52] == _END64:
+            claims.append(struct.unpack_from("<Q", tail, locator - 56 + 40)[0])
+    if not claims:
+        raise _broken_zip(size)
+    return max(claims)
+
+
+def open_zip(f: IO[bytes], size: int) -> zipfile.ZipFile:
+    """The open file as a :class:`zipfile.ZipFile`, once its directory is known to be of a bounded size."""
+    if _directory_bytes(f, size) > MAX_DIRECTORY_BYTES:
+        raise _broken_zip(size, "its zip directory is larger than any model file's")
+    f.seek(0)
     try:
-        refs = pickle_globals(stream)
-    except IntakeRefused:
-        raise
-    except Exception:
-        raise IntakeRefused("the file is truncated or damaged (its pickle data cannot be parsed)") from None
-    _refuse_globals(refs)
+        return zipfile.ZipFile(f)
+    except Exception:  # BadZipFile, OSError, ValueError, EOFError, struct.error... on a crafted archive
+        raise _broken_zip(size) from None
 
 
-def check_torch_zip(path: Path, size: int) -> None:
+def _check_members(infos: list[zipfile.ZipInfo], size: int) -> str:
+    """The archive's folder name, once every member is one a ``torch.save`` writes, stored and unencrypted."""
+    prefix = infos[0].filename.split("/", 1)[0]
+    names: set[str] = set()
+    total = 0
+    for info in infos:
+        top, _, rest = info.filename.partition("/")
+        if top != prefix or not _ZIP_MEMBER.fullmatch(rest) or info.filename in names:
+            raise IntakeRefused(f"the archive holds `{quote_text(info.filename)}`, which a PyTorch save never writes; "
+                                "refused unread (the file was altered or is not a model)")
+        if info.flag_bits & 0x1:
+            raise IntakeRefused(f"the archive member `{quote_text(info.filename)}` is encrypted, which PyTorch never "
+                                "does; refused unread (use the file as its author published it)")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise IntakeRefused(f"the archive member `{quote_text(info.filename)}` is compressed, which PyTorch never "
+                                "does; refused unread (use the file as its author published it)")
+        names.add(info.filename)
+        total += info.file_size
+    if f"{prefix}/data.pkl" not in names:
+        raise IntakeRefused("the zip archive has no data.pkl, so it is not a PyTorch save; add the model file itself")
+    if total > size:
+        raise IntakeRefused(damaged(f"its archive declares {human_size(total)} of data but the file is only "
+                                    f"{human_size(size)} long"))
+    return prefix
+
+
+def check_torch_zip(f: IO[bytes], size: int) -> None:
     """A PyTorch zip holds one folder with data.pkl, data/<n> records and a few tags; stored, not compressed."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise IntakeRefused("the file is truncated or damaged (it is not a complete zip archive)") from None
-    with zf:
-        infos = zf.infolist()
-        if not infos or len(infos) > 100_000:
-            raise IntakeRefused("the archive is empty or has an absurd number of members")
-        prefix = infos[0].filename.split("/", 1)[0]
-        names: set[str] = set()
-        total = 0
-        for info in infos:
-            top, _, rest = info.filename.partition("/")
-            if top != prefix or not _ZIP_MEMBER.fullmatch(rest) or info.filename in names:
-                raise IntakeRefused(f"the archive holds `{quote_text(info.filename)}`, which a PyTorch save never writes")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise IntakeRefused(f"the archive member `{quote_text(info.filename)}` is compressed; "
-                                    "PyTorch never does that")
-            names.add(info.filename)
-            total += info.file_size
-        if f"{prefix}/data.pkl" not in names:
-            raise IntakeRefused("the archive has no data.pkl, so it is not a PyTorch save")
-        if total > size:
-            raise IntakeRefused("the archive declares more data than the file holds (damaged or hostile)")
-        bad = _first_bad_member(zf)
-        if bad is not None:
-            raise IntakeRefused(f"the file is damaged (archive member `{quote_text(bad)}` fails its checksum)")
-        with zf.open(f"{prefix}/data.pkl") as pkl:
-            _scan_pickle(io.BytesIO(pkl.read()))
-
-
-def _first_bad_member(zf: zipfile.ZipFile) -> str | None:
-    try:
-        return zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
-        return "?"
-
-
-def check_legacy_pickle(path: Path) -> None:
-    """Legacy ``torch.save`` files are five pickles (magic, version, sys info, object, storage keys) then raw data."""
-    with path.open("rb") as f:
-        for _ in range(5):
-            if not f.peek(1):
-                break
-            _scan_pickle(f)
-
-
-def check_safetensors_header(path: Path, size: int) -> None:
-    """The 8-byte length and JSON header must fit the file; tensor offsets are checked again by safetensors."""
-    with path.open("rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        if header_len > size - 8:
-            raise IntakeRefused("the file is truncated or damaged (its safetensors header runs past the end)")
+    with open_zip(f, size) as zf:
         try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, ValueError):
-            raise IntakeRefused("the file is damaged (its safetensors header is not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise IntakeRefused("the file is damaged (its safetensors header is not a JSON object)")
-    try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"
-                   if isinstance(v, dict) and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2),
-                  default=0)
-    except (TypeError, ValueError):
-        raise IntakeRefused("the file is damaged (its safetensors header has invalid offsets)") from None
-    if end > size - 8 - header_len:
-        raise IntakeRefused("the file is truncated (its safetensors tensors run past the end)")
+            infos = zf.infolist()
+            if not infos:
+                raise IntakeRefused("the zip archive is empty; add the model file itself")
+            prefix = _check_members(infos, size)
+            bad = zf.testzip()
+            if bad is not None:
+                raise IntakeRefused(damaged(f"archive member `{quote_text(bad)}` fails its checksum"))
+            pkl = zf.getinfo(f"{prefix}/data.pkl")
+            if pkl.file_size > MAX_PICKLE_BYTES:
+                raise IntakeRefused(f"the file's pickle is {human_size(pkl.file_size)}, far larger than any model "
+                                    "file's; refused unread")
+            with zf.open(pkl) as member:
+                data = member.read(MAX_PICKLE_BYTES + 1)
+        except IntakeRefused:
+            raise
+        except Exception:  # zipfile's errors on crafted members (bad local headers, truncation, ...)
+            raise _broken_zip(size) from None
+    _scan_pickle(io.BytesIO(data))
+
+
+def check_legacy_pickle(f: IO[bytes], size: int) -> None:
+    """Legacy ``torch.save`` files are five pickles (magic, version, sys info, object, storage keys) then raw data."""
+    f.seek(0)
+    for _ in range(5):
+        if f.tell() >= size:
+            break
+        _scan_pickle(f)

@@ -13,7 +13,9 @@ most :data:`MAX_REDIRECTS`):
   reserved, unspecified) unless ``allow_private``; the connection then goes to that checked address (a pinned
   resolver), so a DNS answer that changes between check and connect (DNS rebinding) cannot redirect it.  TLS
   still verifies the certificate against the host name;
-* the size cap applies to ``Content-Length`` and again while streaming; the whole download has one deadline.
+* the size cap applies to ``Content-Length`` and again while streaming; the whole download has one deadline;
+* a reply that is a web page, a JSON or XML error message, a Git LFS pointer or other text (a login page, an
+  expired link) is refused from its first 4 KiB with what it was (:func:`engine.intake.identify.identify_head`).
 
 Every refusal is an :class:`engine.intake.base.IntakeRefused` with a one-line reason.
 """
@@ -33,7 +35,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from engine.intake.base import IntakeRefused, human_size, quote_text
+from engine.intake.identify import HEAD_BYTES, identify_head, link_refusal
 from engine.intake.ingest import display_name
+from engine.intake.kinds import FileIdentity, FileKind
 
 MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
@@ -41,10 +45,11 @@ Progress = Callable[[int, int | None], Awaitable[None] | None]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def address_problem(ip: IPAddress) -> str | None:
-    """Why ``ip`` is not a public internet address ("a private address", ...), or None when it is."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _plain_problem(ip: IPAddress) -> str | None:
     checks = (("is_loopback", "a loopback address"), ("is_link_local", "a link-local address"),
               ("is_multicast", "a multicast address"), ("is_unspecified", "an unspecified address"),
               ("is_reserved", "a reserved address"), ("is_private", "a private address"))
@@ -52,6 +57,40 @@ def address_problem(ip: IPAddress) -> str | None:
         if getattr(ip, attr):
             return what
     return None if ip.is_global else "not a public address"
+
+
+def _wrapped(ip: ipaddress.IPv6Address) -> tuple[str, list[ipaddress.IPv4Address]] | None:
+    """The IPv4 addresses an IPv6 address carries and the form it uses: 6to4, Teredo (server and client), NAT64."""
+    if ip.sixtofour is not None:
+        return "6to4", [ip.sixtofour]
+    if ip.teredo is not None:
+        return "Teredo", list(ip.teredo)
+    if ip in _NAT64:
+        return "NAT64", [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return None
+
+
+def address_problem(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public internet address ("a private address", ...), or None when it is.
+
+    IPv6 forms that carry an IPv4 address are judged by what they carry: IPv4-mapped (``::ffff:10.0.0.5`` is
+    private), 6to4 (``2002::/16``), Teredo (``2001::/32``, both addresses) and NAT64 (``64:ff9b::/96``; the
+    local-use ``64:ff9b:1::/48`` is never public).  A 6to4 or NAT64 form of a public address is public.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _plain_problem(ip.ipv4_mapped)
+        if ip in _NAT64_LOCAL:
+            return "a local-use NAT64 address"
+        wrapped = _wrapped(ip)
+        if wrapped is not None:
+            form, inner = wrapped
+            for v4 in inner:
+                what = _plain_problem(v4)
+                if what is not None:
+                    return f"{what} in {form} form ({v4})"
+            return "a Teredo tunnel address" if form == "Teredo" else None
+    return _plain_problem(ip)
 
 
 def host_allowed(host: str, allowed_hosts: Sequence[str]) -> bool:
@@ -94,8 +133,10 @@ def _check_url(url: URL, allowed_hosts: Sequence[str], allow_private: bool, redi
     if not host_allowed(host, allowed_hosts):
         hosts = ", ".join(allowed_hosts) or "(none configured)"
         if redirected:
-            raise IntakeRefused(f"the link redirects to `{quote_text(host)}`; downloads are only allowed from {hosts}")
-        raise IntakeRefused(f"downloads are only allowed from {hosts}; `{quote_text(host)}` is not one of them")
+            raise IntakeRefused(f"the link redirects to `{quote_text(host)}`; downloads are only allowed from {hosts} "
+                                "(attach the file instead)")
+        raise IntakeRefused(f"downloads are only allowed from {hosts}; `{quote_text(host)}` is not one of them (attach the "
+                            "file instead)")
     return host
 
 
@@ -124,6 +165,19 @@ async def resolve_checked(host: str, port: int, allow_private: bool) -> tuple[st
                 raise IntakeRefused(f"`{quote_text(host)}` points to `{ip}`, which is {what}")
     first = addresses[0]
     return str(first), socket.AF_INET6 if first.version == 6 else socket.AF_INET
+
+
+_STATUS_HINTS = {401: "; the file needs a login, use a link that works without one",
+                 403: "; the file needs a login or is not public, use a link that works without one",
+                 404: "; check that the link is right", 410: "; check that the link is right",
+                 500: "; try again later"}
+
+
+def _refuse_web_reply(head: bytes, size: int) -> None:
+    """A link that returned a web page, an error message or text instead of a file: refused with what it was."""
+    identity = identify_head(head, size) if head else FileIdentity(FileKind.EMPTY, 0)
+    if identity is not None:
+        raise IntakeRefused(link_refusal(identity) or "", identity)
 
 
 async def _report(progress: Progress | None, done: int, total: int | None) -> None:
@@ -168,22 +222,33 @@ async def _fetch(url: str, sink: Callable[[bytes], Any], *, allowed_hosts: Seque
                 current = current.join(URL(location))
                 continue
             if resp.status != 200:
-                raise IntakeRefused(f"the server answered {resp.status} {quote_text(resp.reason or '', 40)}".rstrip())
+                raise IntakeRefused(f"the server answered {resp.status} {quote_text(resp.reason or '', 40)}".rstrip()
+                                    + _STATUS_HINTS.get(resp.status // 100 * 100 if resp.status >= 500 else resp.status,
+                                                        ""))
             total = resp.content_length
             if total is not None and total > max_bytes:
-                raise IntakeRefused(f"the file is larger than the {human_size(max_bytes)} limit")
+                raise IntakeRefused(f"the file is larger than the {human_size(max_bytes)} limit "
+                                    "(intake.max_file_mb); check that the link points to a hypernetwork")
             done = 0
+            head = bytearray()
             await _report(progress, 0, total)
             async for chunk in resp.content.iter_chunked(CHUNK):
                 done += len(chunk)
                 if done > max_bytes:
-                    raise IntakeRefused(f"the file is larger than the {human_size(max_bytes)} limit")
+                    raise IntakeRefused(f"the file is larger than the {human_size(max_bytes)} limit "
+                                        "(intake.max_file_mb); check that the link points to a hypernetwork")
+                if len(head) < HEAD_BYTES:
+                    head += chunk[: HEAD_BYTES - len(head)]
+                    if len(head) == HEAD_BYTES:
+                        _refuse_web_reply(bytes(head), total or done)
                 sink(chunk)
                 await _report(progress, done, total)
             if total is not None and done != total:
-                raise IntakeRefused("the download ended early (the server sent less than it announced)")
+                raise IntakeRefused("the download ended early (the server sent less than it announced); try again")
+            if len(head) < HEAD_BYTES:
+                _refuse_web_reply(bytes(head), done)
             return _server_filename(resp, current), current
-    raise IntakeRefused(f"the link redirected more than {MAX_REDIRECTS} times")
+    raise IntakeRefused(f"the link redirected more than {MAX_REDIRECTS} times; use the direct download link")
 
 
 async def download(url: str, *, allowed_hosts: Sequence[str], allow_private: bool, max_bytes: int, timeout_s: float,
@@ -207,13 +272,13 @@ async def fetch(url: str, *, allowed_hosts: Sequence[str], allow_private: bool, 
             filename, final = await _fetch(url, body.extend, allowed_hosts=allowed_hosts, allow_private=allow_private,
                                            max_bytes=max_bytes, progress=progress)
     except TimeoutError:
-        raise IntakeRefused(f"the download took longer than {timeout_s:g} s") from None
+        raise IntakeRefused(f"the download took longer than {timeout_s:g} s; try again later") from None
     except aiohttp.ClientConnectorCertificateError:
         raise IntakeRefused("the server's TLS certificate could not be verified") from None
     except aiohttp.ClientConnectorError as e:
-        raise IntakeRefused(f"could not connect to `{quote_text(e.host)}`") from None
+        raise IntakeRefused(f"could not connect to `{quote_text(e.host)}`; try again later") from None
     except aiohttp.ClientPayloadError:
-        raise IntakeRefused("the download was cut off or garbled by the server") from None
+        raise IntakeRefused("the download was cut off or garbled by the server; try again") from None
     except (aiohttp.ClientError, ValueError) as e:
         raise IntakeRefused(f"the download failed ({type(e).__name__})") from None
     return Downloaded(bytes(body), filename, str(final))

@@ -3,84 +3,62 @@
 Why this module exists: a ``.pt`` file is a pickle, and unpickling runs code.  Intake is the only place that
 reads user files, and it does so in steps that each refuse with a one-line reason (:class:`IntakeRefused`):
 
-1. size cap and empty file (before anything else), sha256 of the raw bytes;
-2. sniff the container (PyTorch zip, legacy PyTorch pickle, safetensors) and check its structure in this
-   process, in pure Python (:mod:`engine.intake.containers`): zip members a ``torch.save`` writes and nothing
-   else, stored not compressed, checksums; the pickle's global references scanned *without executing
-   anything* against a short allow-list;
-3. parse in a short-lived child process (``python -m engine.intake.sandbox``, see there for the limits:
-   memory, CPU, file size, open files, no network, empty environment) with ``weights_only=True``, validate
-   against the A1111 spec plus intake policy (UNet widths only, known activation, finite, sane size) and
-   write the canonical safetensors file to a private temp folder;
-4. for pickled input, re-validate that canonical file in a *second*, fresh child that never sees the pickle,
-   and take the reported facts only from it (``.safetensors`` input has no code path, so its one child is
-   trusted);
-5. move it to ``<store_dir>/<sha256 of the original file>.safetensors`` with ``os.replace``.
+1. size cap and empty file, before anything else (a file over the cap is still named when a bounded look
+   says what it is: "this is a Stable Diffusion checkpoint (2 GiB)");
+2. **one snapshot**: the source (bytes, or a file the caller opened once) is copied into a private temp folder
+   while its sha256 is computed; every later step reads that copy through the same open file, so nothing
+   swapped in at the source meanwhile can be checked, hashed and installed as three different files;
+3. identify it (:mod:`engine.intake.identify`): a LoRA, an embedding, a checkpoint, a web page... is refused
+   with its own message; then the container checks in pure Python, bounded (:mod:`engine.intake.containers`);
+4. parse in a short-lived child (:mod:`engine.intake.sandbox` via :mod:`engine.intake.children`), which writes
+   the canonical safetensors file; the parent copies it into a file of its own;
+5. for pickled input, re-validate that copy in a *second*, fresh child that never sees the pickle, and take the
+   reported facts only from it (``.safetensors`` input has no code path, so its one child is trusted);
+6. move it to ``<store_dir>/<sha256 of the original file>.safetensors`` with ``os.replace``; the temp folder
+   is deleted in every case.
 
 The store key is the sha256 of the file as uploaded (A1111's and civitai's hash: its first 10 hex digits are
 the "AutoV2" short hash users see), not of the canonical file, whose header order is not deterministic.  The
-same file added twice is one stored model (``already_stored``).  This module stays torch-free so the bot
-process can import it; torch only ever runs in the children.
+same file added twice is one stored model (``already_stored``).  Torch-free, so the bot process can import it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import io
 import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
+import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from engine.intake.base import IntakeRefused, MiB, human_size, quote_text
-from engine.intake.containers import (
-    ALLOWED_GLOBALS,
-    Container,
-    check_legacy_pickle,
-    check_safetensors_header,
-    check_torch_zip,
-    pickle_globals,
-    sniff,
-)
+from engine.intake.base import IntakeRefused, MiB, clean_text, human_size
+from engine.intake.children import IntakeLimits, run_sandbox
+from engine.intake.containers import check_legacy_pickle, check_torch_zip
+from engine.intake.identify import identify, refusal
+from engine.intake.kinds import Container, FileIdentity, FileKind
 from engine.names import is_valid_model_name
 
-__all__ = [
-    "ALLOWED_GLOBALS", "UNET_WIDTHS", "Container", "IntakeLimits", "IntakeRefused", "IntakeResult", "MiB",
-    "check_legacy_pickle", "check_safetensors_header", "check_torch_zip", "display_name", "file_sha256", "human_size",
-    "ingest_bytes", "ingest_file", "pickle_globals", "purge_temp", "quote_text", "run_sandbox", "sniff",
-]
+__all__ = ["UNET_WIDTHS", "IntakeLimits", "IntakeResult", "Source", "display_name", "file_sha256", "ingest_bytes",
+           "ingest_file", "open_regular", "precheck", "purge_temp"]
 
 log = logging.getLogger(__name__)
 
 # Context widths an SD UNet feeds to attention k/v: self-attention 320/640/1280 (SDXL refiner 384/768/1536),
 # cross-attention 768 (SD1), 1024 (SD2), 1280 (SDXL refiner), 2048 (SDXL).
 UNET_WIDTHS = frozenset({320, 384, 640, 768, 1024, 1280, 1536, 2048})
-_ROOT = Path(__file__).resolve().parents[2]  # folder holding the `engine` package: the children's cwd
+_CHUNK = 4 * MiB
+_CANONICAL = "canonical.safetensors"
 
-
-@dataclass(frozen=True)
-class IntakeLimits:
-    """Caps for one intake.  Build from settings: ``IntakeLimits.from_settings(settings.intake)``."""
-
-    max_bytes: int = 256 * MiB  # size of the uploaded file
-    sandbox_memory_bytes: int = 2048 * MiB  # RLIMIT_AS of each child (torch alone maps ~700 MiB)
-    sandbox_cpu_s: int = 60  # RLIMIT_CPU of each child
-    sandbox_wall_s: float = 120.0  # the parent kills a child that runs longer
-
-    @classmethod
-    def from_settings(cls, intake: Any) -> IntakeLimits:
-        """From ``bot.config.IntakeSettings`` (duck-typed: the engine never imports ``bot``)."""
-        cpu = int(intake.sandbox_cpu_s)
-        return cls(max_bytes=int(intake.max_file_mb) * MiB, sandbox_memory_bytes=int(intake.sandbox_memory_mb) * MiB,
-                   sandbox_cpu_s=cpu, sandbox_wall_s=float(max(2 * cpu, cpu + 30)))
+#: What intake reads: the bytes of an upload, a path (opened once here), or a file the caller opened once.
+Source = bytes | bytearray | Path | IO[bytes]
 
 
 @dataclass(frozen=True)
@@ -106,87 +84,251 @@ class IntakeResult:
         return self.sha256[:10]
 
 
-# ---------------------------------------------------------------------------------------------------------- names
+# ------------------------------------------------------------------------------------------------ files, names
 
 def display_name(filename: str) -> str:
-    """The uploaded name reduced to something safe to show: last path part, printable, at most 200 chars."""
+    """The uploaded name reduced to something safe to show: last path part, :func:`clean_text`, at most 200 chars."""
     base = re.split(r"[/\\]", filename or "")[-1]
-    base = "".join(c for c in base if c.isprintable())[:200]
-    return base or "unnamed"
+    return clean_text(base, 200).strip() or "unnamed"
 
 
 def _stem(display_name: str) -> str:
     return display_name.rsplit(".", 1)[0] if "." in display_name.lstrip(".") else display_name
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in chunks (model files can be hundreds of MiB)."""
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    f.seek(0)
+    while chunk := f.read(_CHUNK):
+        yield chunk
+
+
+def file_sha256(source: Path | IO[bytes]) -> str:
+    """The sha256 of a file (a path, or an open file read from its start), in chunks."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
+    if isinstance(source, Path):
+        with open_regular(source) as f:
+            for chunk in _chunks(f):
+                h.update(chunk)
+    else:
+        for chunk in _chunks(source):
             h.update(chunk)
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------------------------------- the children
+def open_regular(path: Path, *, follow_links: bool = True) -> IO[bytes]:
+    """``path`` opened for reading once it is known to be a regular file (a FIFO would block, a device never end)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        raise IntakeRefused(f"the file could not be opened ({clean_text(error.strerror or error, 80)})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IntakeRefused("it is not a regular file, so it cannot be a model file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
-def _child_env() -> dict[str, str]:
-    """An environment with nothing of the bot's: no token, no proxies, no HOME, one thread."""
-    return {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+
+@contextmanager
+def _opened(source: Source) -> Iterator[tuple[IO[bytes], int]]:
+    """``(open file, size)``; a path is opened here (once) and closed afterwards, bytes are read in place."""
+    if isinstance(source, bytes | bytearray):
+        yield io.BytesIO(source), len(source)
+    elif isinstance(source, Path):
+        with open_regular(source) as f:
+            yield f, os.fstat(f.fileno()).st_size
+    else:
+        yield source, os.fstat(source.fileno()).st_size
 
 
-def run_sandbox(args: list[str], *, stdin_path: Path | None, work_dir: Path, limits: IntakeLimits,
-                fsize_bytes: int) -> dict[str, Any]:
-    """Run ``python -m engine.intake.sandbox <args>`` under ``limits``; return its JSON summary or refuse.
+def _too_large(f: IO[bytes], size: int, limits: IntakeLimits) -> IntakeRefused:
+    """Over the cap: said with what the file is when a bounded look can tell (a checkpoint, a LoRA...)."""
+    identity = identify(f, size)
+    if identity.kind not in (FileKind.TORCH_PICKLE, FileKind.UNKNOWN, FileKind.DAMAGED,
+                                                      FileKind.HYPERNETWORK):
+        return IntakeRefused(refusal(identity) or "", identity)
+    return IntakeRefused(f"the file is {human_size(size)}, larger than the {human_size(limits.max_bytes)} limit "
+                         "(intake.max_file_mb); hypernetworks are rarely over 100 MiB, so check that it is one")
 
-    The child's stdout and stderr go to files in ``work_dir`` (so RLIMIT_FSIZE bounds them too); the child
-    answers with one JSON line on stdout.
+
+def _new_file(path: Path, mode: int) -> IO[bytes]:
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode), "w+b")
+
+
+def _snapshot(source: IO[bytes], dest: Path, limits: IntakeLimits) -> tuple[IO[bytes], str, int]:
+    """Copy the source into a new private file while hashing it; ``(the copy, open and rewound, sha256, size)``."""
+    h = hashlib.sha256()
+    copy = _new_file(dest, 0o600)
+    size = 0
+    for chunk in _chunks(source):
+        size += len(chunk)
+        if size > limits.max_bytes:
+            copy.close()
+            raise IntakeRefused(f"the file grew past the {human_size(limits.max_bytes)} limit while it was read; add "
+                                "it again once it is complete")
+        h.update(chunk)
+        copy.write(chunk)
+    copy.flush()
+    copy.seek(0)
+    return copy, h.hexdigest(), size
+
+
+def _copy_out(child_dir: Path, dest: Path, limit: int) -> IO[bytes]:
+    """The child's canonical file copied into a file of the parent's own (the child may be another user)."""
+    try:
+        src = open_regular(child_dir / _CANONICAL, follow_links=False)
+    except IntakeRefused:
+        raise IntakeRefused("the intake sandbox wrote no result; this is a problem on our side, the log has the "
+                            "details") from None
+    own = _new_file(dest, 0o644)
+    with src:
+        copied = 0
+        for chunk in _chunks(src):
+            copied += len(chunk)
+            if copied > limit:
+                own.close()
+                raise IntakeRefused("the converted file came out larger than the original; the file is damaged or "
+                                    "hostile, refused")
+            own.write(chunk)
+    own.flush()
+    own.seek(0)
+    return own
+
+
+# ----------------------------------------------------------------------------------------------------- public API
+
+def ingest_file(source: Source, *, filename: str, store_dir: Path, limits: IntakeLimits) -> IntakeResult:
+    """Synchronous intake (CLI, folder scan, worker threads).  See the module docstring for the steps.
+
+    ``source``: the bytes of an upload, a path (opened once here), or a file the caller opened once (read from its
+    start; not closed here).
     """
-    cmd = [sys.executable, "-E", "-s", "-m", "engine.intake.sandbox", *args, "--workdir", str(work_dir),
-           "--memory-bytes", str(limits.sandbox_memory_bytes), "--cpu-s", str(limits.sandbox_cpu_s),
-           "--fsize-bytes", str(fsize_bytes)]
-    out_path, err_path = work_dir / "child.out", work_dir / "child.err"
-    stdin = stdin_path.open("rb") if stdin_path is not None else subprocess.DEVNULL
-    timed_out = False
+    display = display_name(filename)
     try:
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, cwd=_ROOT, env=_child_env(),
-                                    close_fds=True, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=limits.sandbox_wall_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.kill()
-                rc = proc.wait()
+        return _ingest(source, display=display, store_dir=Path(store_dir), limits=limits)
+    except IntakeRefused as e:
+        log.info("intake refused %s: %s", display, clean_text(e, 400))
+        raise
+
+
+async def ingest_bytes(data: Source, *, filename: str, store_dir: Path, limits: IntakeLimits) -> IntakeResult:
+    """Async intake for the bot: runs :func:`ingest_file` in a thread (the children do the heavy work).
+
+    Cancelling the await does not stop a running child early; it ends at the latest after
+    ``limits.sandbox_wall_s`` and its temp files are removed.
+    """
+    return await asyncio.to_thread(ingest_file, data, filename=filename, store_dir=store_dir, limits=limits)
+
+
+def _ingest(source: Source, *, display: str, store_dir: Path, limits: IntakeLimits) -> IntakeResult:
+    with _opened(source) as (f, size):
+        if size == 0:
+            raise IntakeRefused(refusal(FileIdentity(FileKind.EMPTY, 0)) or "", FileIdentity(FileKind.EMPTY, 0))
+        if size > limits.max_bytes:
+            raise _too_large(f, size, limits)
+        store_dir = store_dir.resolve()
+        store_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = Path(tempfile.mkdtemp(prefix=".intake-", dir=store_dir))
+        try:
+            snapshot, sha256, size = _snapshot(f, work_dir / "source", limits)
+            with snapshot:
+                return _checked_and_stored(snapshot, sha256, size, display=display, store_dir=store_dir,
+                                           work_dir=work_dir, limits=limits)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def precheck(f: IO[bytes], size: int) -> Container:
+    """The steps in this process, bounded and executing nothing: what the file is (refused unless it may be a
+    hypernetwork), then its container's structure.  Returns the container for the sandbox."""
+    identity = identify(f, size)
+    message = refusal(identity)
+    if message is not None or identity.container is None:
+        raise IntakeRefused(message or "the file is not a model file we know; check that you picked the hypernetwork "
+                            "file itself", identity)
+    if identity.container == "pt":
+        check_torch_zip(f, size)
+    elif identity.container == "pt-legacy":
+        check_legacy_pickle(f, size)
+    return identity.container
+
+
+def _checked_and_stored(snapshot: IO[bytes], sha256: str, size: int, *, display: str, store_dir: Path, work_dir: Path,
+                        limits: IntakeLimits) -> IntakeResult:
+    container = precheck(snapshot, size)
+
+    def result(summary: dict[str, Any], already_stored: bool) -> IntakeResult:
+        return _result_from_summary(summary, sha256=sha256, display=display, size=size, container=container,
+                                    already_stored=already_stored)
+
+    final = store_dir / f"{sha256}.safetensors"
+    if final.is_file():
+        try:
+            with open_regular(final, follow_links=False) as stored:
+                summary = _verify(stored, work_dir, limits, weight_cap=size)
+            log.info("intake: %s is already stored as %s", display, final.name)
+            return result(summary, already_stored=True)
+        except IntakeRefused as e:
+            log.warning("stored file %s failed re-validation (%s); replacing it", final.name, clean_text(e, 300))
+    with _child_dir(work_dir, "convert", limits) as child_dir:
+        summary = run_sandbox(["convert", "--format", container, "--weight-cap", str(size)], stdin=snapshot,
+                              work_dir=child_dir, limits=limits, fsize_bytes=size + 16 * MiB, file_size=size,
+                              container=container)
+        canonical = _copy_out(child_dir, work_dir / _CANONICAL, size + 16 * MiB)
+    with canonical:
+        if container != "safetensors":  # a pickle was parsed: trust only a fresh child's reading of the result
+            summary = _verify(canonical, work_dir, limits, weight_cap=size)
+    os.replace(work_dir / _CANONICAL, final)
+    log.info("intake: stored %s (%s, %s) as %s", display, container, human_size(size), final.name)
+    return result(summary, already_stored=False)
+
+
+def _reachable(folder: str, uid: int, gid: int) -> bool:
+    """Whether user ``uid:gid`` (no other groups) may pass through every folder on the way to ``folder``."""
+    path = os.path.realpath(folder)
+    while True:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _children_parent(work_dir: Path, limits: IntakeLimits) -> Path:
+    """Where the children's folders go: the work folder, or when the child changes user (we run as root), a temp
+    folder that user can reach by its full path (the safetensors writer resolves it; the store may be closed)."""
+    if os.geteuid() != 0:
+        return work_dir
+    for candidate in dict.fromkeys((tempfile.gettempdir(), "/tmp", "/var/tmp")):
+        if _reachable(candidate, limits.sandbox_uid, limits.sandbox_gid):
+            return Path(candidate)
+    raise IntakeRefused(f"the intake sandbox's user (uid {limits.sandbox_uid}) cannot reach any temp folder, so no "
+                        "file can be checked now; the bot's owner should make /tmp reachable (chmod 1777 /tmp)")
+
+
+@contextmanager
+def _child_dir(work_dir: Path, name: str, limits: IntakeLimits) -> Iterator[Path]:
+    """A fresh folder for one child, removed afterwards (see :func:`_children_parent` for where)."""
+    parent = _children_parent(work_dir, limits)
+    path = Path(tempfile.mkdtemp(prefix=f"hypercord-intake-{name}-", dir=parent))
+    try:
+        yield path
     finally:
-        if not isinstance(stdin, int):
-            stdin.close()
-    answer = _read_answer(out_path)
-    if timed_out:
-        raise IntakeRefused(f"reading the file took longer than {limits.sandbox_wall_s:g} s; refused")
-    if rc == 0 and answer.get("ok") is True and isinstance(answer.get("summary"), dict):
-        return answer["summary"]
-    if isinstance(answer.get("refused"), str):
-        message = " ".join(answer["refused"].split())[:400]
-        raise IntakeRefused(message)
-    if rc == -signal.SIGXCPU:
-        raise IntakeRefused(f"reading the file used more than the {limits.sandbox_cpu_s} s CPU limit; refused")
-    if rc == -signal.SIGKILL:
-        raise IntakeRefused(f"reading the file was killed, probably for needing more than the "
-                            f"{limits.sandbox_memory_bytes // MiB} MiB memory limit; refused")
-    tail = err_path.read_bytes()[-2000:].decode("utf-8", "replace") if err_path.exists() else ""
-    log.warning("intake sandbox failed (exit %s): %s", rc, tail)
-    raise IntakeRefused(f"the file could not be read safely (the sandbox stopped with exit status {rc})")
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _read_answer(path: Path) -> dict[str, Any]:
-    try:
-        data = path.read_bytes()[: 1 * MiB]
-        answer = json.loads(data.decode("utf-8").strip().splitlines()[-1]) if data.strip() else {}
-    except (OSError, ValueError, IndexError):
-        return {}
-    return answer if isinstance(answer, dict) else {}
+def _verify(canonical: IO[bytes], work_dir: Path, limits: IntakeLimits, *, weight_cap: int) -> dict[str, Any]:
+    """Re-read a canonical file in a fresh child that never saw the pickle; its summary is what we trust."""
+    length = os.fstat(canonical.fileno()).st_size
+    with _child_dir(work_dir, "verify", limits) as child_dir:
+        return run_sandbox(["verify", "--weight-cap", str(weight_cap)], stdin=canonical, work_dir=child_dir,
+                           limits=limits, fsize_bytes=length + 1 * MiB, file_size=length, container="safetensors")
 
 
 def _result_from_summary(summary: dict[str, Any], *, sha256: str, display: str, size: int, container: Container,
@@ -196,94 +338,19 @@ def _result_from_summary(summary: dict[str, Any], *, sha256: str, display: str, 
         sizes = tuple(int(s) for s in summary["sizes"] if type(s) is int)
         layers = tuple(float(x) for x in summary["layer_structure"] if type(x) in (int, float))
         activation, base_model, nbytes = summary["activation"], summary["base_model"], summary["nbytes"]
-        warnings = tuple(str(w)[:300] for w in summary.get("warnings", []))
+        warnings = tuple(clean_text(w, 300) for w in summary.get("warnings", []))
         if len(sizes) != len(summary["sizes"]) or not isinstance(activation, str) or type(nbytes) is not int \
                 or not (base_model is None or isinstance(base_model, str)):
             raise TypeError
     except (KeyError, TypeError, ValueError):
-        raise IntakeRefused("the file could not be read safely (the sandbox gave a malformed answer)") from None
+        raise IntakeRefused("the intake sandbox gave a malformed answer; this is a problem on our side, the log has "
+                            "the details") from None
     stem = _stem(display)
     suggested = stem if is_valid_model_name(stem) else None
     return IntakeResult(sha256=sha256, file_name=display, file_size=size, container=container, sizes=sizes,
-                        layer_structure=layers, activation=activation, base_model=base_model,
+                        layer_structure=layers, activation=clean_text(activation, 40),
+                        base_model=None if base_model is None else clean_text(base_model, 200),
                         suggested_name=suggested, nbytes=nbytes, already_stored=already_stored, warnings=warnings)
-
-
-# ----------------------------------------------------------------------------------------------------- public API
-
-def ingest_file(source: bytes | Path, *, filename: str, store_dir: Path, limits: IntakeLimits) -> IntakeResult:
-    """Synchronous intake (CLI, folder scan, worker threads).  See the module docstring for the steps."""
-    display = display_name(filename)
-    try:
-        return _ingest(source, display=display, store_dir=Path(store_dir), limits=limits)
-    except IntakeRefused as e:
-        log.info("intake refused %r: %s", display, e)
-        raise
-
-
-async def ingest_bytes(data: bytes | Path, *, filename: str, store_dir: Path, limits: IntakeLimits) -> IntakeResult:
-    """Async intake for the bot: runs :func:`ingest_file` in a thread (the children do the heavy work).
-
-    Cancelling the await does not stop a running child early; it ends at the latest after
-    ``limits.sandbox_wall_s`` and its temp files are removed.
-    """
-    return await asyncio.to_thread(ingest_file, data, filename=filename, store_dir=store_dir, limits=limits)
-
-
-def _ingest(source: bytes | Path, *, display: str, store_dir: Path, limits: IntakeLimits) -> IntakeResult:
-    size = len(source) if isinstance(source, bytes | bytearray) else Path(source).stat().st_size
-    if size > limits.max_bytes:
-        raise IntakeRefused(f"the file is larger than the {human_size(limits.max_bytes)} limit")
-    if size == 0:
-        raise IntakeRefused("the file is empty")
-    store_dir = Path(store_dir).resolve()  # the sandbox child runs in another cwd: give it absolute paths
-    store_dir.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=".intake-", dir=store_dir))
-    try:
-        if isinstance(source, bytes | bytearray):
-            src = work_dir / "source"
-            src.write_bytes(source)
-        else:
-            src = Path(source)
-        sha256 = file_sha256(src)
-        with src.open("rb") as f:
-            head = f.read(16)
-        container = sniff(head)
-        if container == "pt":
-            check_torch_zip(src, size)
-        elif container == "pt-legacy":
-            check_legacy_pickle(src)
-        else:
-            check_safetensors_header(src, size)
-        final = store_dir / f"{sha256}.safetensors"
-        if final.exists():
-            try:
-                summary = _verify(final, work_dir, limits, weight_cap=size)
-                log.info("intake: %s is already stored as %s", display, final.name)
-                return _result_from_summary(summary, sha256=sha256, display=display, size=size, container=container,
-                                            already_stored=True)
-            except IntakeRefused as e:
-                log.warning("stored file %s failed re-validation (%s); replacing it", final.name, e)
-        out = work_dir / "canonical.safetensors"
-        summary = run_sandbox(["convert", "--format", container, "--out", str(out), "--weight-cap", str(size)],
-                    stdin_path=src, work_dir=work_dir, limits=limits, fsize_bytes=size + 16 * MiB)
-        if not out.is_file():
-            raise IntakeRefused("the file could not be read safely (the sandbox wrote no result)")
-        if container != "safetensors":  # a pickle was parsed: trust only a fresh child's reading of the result
-            summary = _verify(out, work_dir, limits, weight_cap=size)
-        os.chmod(out, 0o644)
-        os.replace(out, final)
-        log.info("intake: stored %s (%s, %s) as %s", display, container, human_size(size), final.name)
-        return _result_from_summary(summary, sha256=sha256, display=display, size=size, container=container,
-                                    already_stored=False)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _verify(canonical: Path, work_dir: Path, limits: IntakeLimits, *, weight_cap: int) -> dict[str, Any]:
-    """Re-read a canonical file in a fresh child that never saw the pickle; its summary is what we trust."""
-    return run_sandbox(["verify", "--weight-cap", str(weight_cap)], stdin_path=canonical, work_dir=work_dir,
-                       limits=limits, fsize_bytes=1 * MiB)
 
 
 def purge_temp(store_dir: Path) -> int:

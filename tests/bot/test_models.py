@@ -7,6 +7,7 @@ rules per model added.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -20,6 +21,8 @@ from bot.config import IntakeSettings, ModelSettings, Settings
 from bot.models import ModelError, ModelOptions, ModelService
 from bot.store import NewHypernet, Store
 from engine.fit import ModelShape
+from engine.intake import FileKind
+from tests.fixtures.malicious import payloads
 
 pytestmark = pytest.mark.asyncio
 
@@ -160,12 +163,16 @@ async def test_refused_upload_says_why_and_writes_nothing(service: ModelService,
     with pytest.raises(ModelError) as err:
         await service.add_from_bytes(data, filename="evil.pt", guild_id=GUILD, added_by=ADMIN)
     assert err.value.message == ("Refused: the file would run code when loaded (it calls `posix.system`); "
-                                 "refused unread.")
+                                 "refused unread, do not load it anywhere else either.")
     assert not marker.exists()
     assert await store.hypernets.count_search(GUILD, include_disabled=True) == 0
     assert stored_files(service) == set()
-    with pytest.raises(ModelError, match=r"^Refused: the file is neither a PyTorch"):
-        await service.add_from_bytes(b"hello world, not a model", filename="x.pt", guild_id=GUILD, added_by=ADMIN)
+    with pytest.raises(ModelError) as err:
+        await service.add_from_bytes(b"<html><body>Sign in to download</body></html>", filename="x.pt", guild_id=GUILD,
+                                     added_by=ADMIN)
+    assert err.value.message == ("Refused: the file is a web page (HTML), not a model file; download the model again "
+                                 "with its direct download link.")
+    assert err.value.identity is not None and err.value.identity.kind is FileKind.WEB_PAGE
 
 
 def touch_later(path: Path) -> None:
@@ -174,7 +181,8 @@ def touch_later(path: Path) -> None:
     os.utime(path, (st.st_atime, st.st_mtime + 5))
 
 
-async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path) -> None:
+async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     service = make_service(store, tmp_path)
     folder = service.folder_sync.folder
     (folder / "sub" / "deeper").mkdir(parents=True)
@@ -184,17 +192,48 @@ async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path) -> 
     (folder / "bad name.pt").write_bytes(b"x")
     (folder / "broken.pt").write_bytes(b"not a model at all")
     shutil.copy(ZOO / "pub_zoo_elu.pt", folder / "None.pt")
+    # Files that once stopped the scan or slipped through, all sorted before the good ones:
+    shutil.copy(ZOO / "pub_zoo_celu.pt", folder / "aaa_crash.pt")  # its intake hits a bug on our side (below)
+    (folder / "deep.safetensors").write_bytes(payloads.deeply_nested_header())  # RecursionError in json
+    (folder / "locked.pt").write_bytes(payloads.flag_zip_members(zoo("relu"), 0x1))  # RuntimeError in zipfile
+    (tmp_path / "outside.pt").write_bytes(zoo("tanh"))
+    (folder / "escape.pt").symlink_to(tmp_path / "outside.pt")
+    (folder / "evil\x1b[2J\nname.pt").write_bytes(b"x")  # a terminal escape and a newline in a name
+    bad_files = ("bad name.pt", "broken.pt", "None.pt", "aaa_crash.pt", "deep.safetensors", "locked.pt", "escape.pt",
+                 "evil\x1b[2J\nname.pt")
 
-    report = await service.sync_model_folder()
-    assert sorted(report.added) == ["alpha", "beta"]
+    ingest = service.installer.ingest
+
+    async def ingest_with_a_bug(data, filename):  # type: ignore[no-untyped-def]
+        if filename == "aaa_crash.pt":
+            raise RuntimeError("simulated bug")
+        return await ingest(data, filename)
+
+    monkeypatch.setattr(service.installer, "ingest", ingest_with_a_bug)
+    with caplog.at_level(logging.INFO, logger="bot.models"):
+        report = await service.sync_model_folder()
+    assert sorted(report.added) == ["alpha", "beta"]  # the good files after the bad ones are installed
     assert sorted(report.refused) == [
         ("None.pt", "`None` cannot be a model name: `None` is reserved (A1111 uses it for \"no hypernetwork\")."),
+        ("aaa_crash.pt", "Not checked: something went wrong on our side (the log has the details); the other files "
+                         "were scanned, run the rescan again later."),
         ("bad name.pt", "`bad name` cannot be a model name: model names cannot contain spaces (a tag would end there); "
                         "use `_` or `-`."),
-        ("broken.pt", "Refused: the file is neither a PyTorch .pt file nor a .safetensors file."),
+        ("broken.pt", "Refused: the file is text (“not a model at all”), not a model file; check that you picked the "
+                      "model file itself."),
+        ("deep.safetensors", "Refused: the file is damaged or incomplete (its safetensors header is nested deeper than "
+                             "the format allows); download it again."),
+        ("escape.pt", "Skipped: it is a link that points outside the models folder; move the file itself into the "
+                      "folder."),
+        ("evil name.pt", "`evil name` cannot be a model name: model names cannot contain control characters."),
+        ("locked.pt", "Refused: the archive member `pub_zoo_relu/data.pkl` is encrypted, which PyTorch never does; "
+                      "refused unread (use the file as its author published it)."),
     ]
+    assert "simulated bug" in caplog.text  # the bug is logged with its traceback
+    assert not any("\x1b" in r.getMessage() or "\n" in r.getMessage() for r in caplog.records if r.name == "bot.models")
     assert len(stored_files(service)) == 2  # the refused files left nothing behind
-    for bad in ("bad name.pt", "broken.pt", "None.pt"):
+    monkeypatch.undo()
+    for bad in bad_files:
         (folder / bad).unlink()
     beta = await store.hypernets.by_name("beta", GUILD)
     assert beta is not None and beta.is_global and beta.source == "folder" and beta.source_detail == "beta.pt"
@@ -244,7 +283,7 @@ async def test_download_refusals_write_nothing(service: ModelService, store: Sto
     with pytest.raises(ModelError) as err:
         await service.add_from_url("https://evil.example/x.pt", guild_id=GUILD, added_by=ADMIN)
     assert err.value.message == ("Refused: downloads are only allowed from civitai.com, huggingface.co; "
-                                 "`evil.example` is not one of them.")
+                                 "`evil.example` is not one of them (attach the file instead).")
     with pytest.raises(ModelError, match="give the model a name"):
         await service.add_from_url("https://civitai.com/api/download/models/123", guild_id=GUILD, added_by=ADMIN)
     assert await store.hypernets.count_search(GUILD, include_disabled=True) == 0

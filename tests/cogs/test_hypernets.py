@@ -113,7 +113,7 @@ async def test_refused_malicious_upload_says_why_and_adds_nothing(hc: Harness, t
     before = await hc.store.hypernets.count_search(hc.fake.guild.id, include_disabled=True)
     rec = await hc.fake.slash(hc.fake.member_admin, "hypernets add", {"file": att})
     assert await final_content(hc, rec) == ("Refused: the file would run code when loaded (it calls `posix.system`); "
-                                            "refused unread.")
+                                            "refused unread, do not load it anywhere else either.")
     assert not marker.exists()
     assert await hc.store.hypernets.count_search(hc.fake.guild.id, include_disabled=True) == before
     assert await hc.store.hypernets.by_name("evil", hc.fake.guild.id) is None
@@ -154,7 +154,7 @@ async def test_admin_adds_by_download_link(hc: Harness, model_server: str) -> No
         row = await hc.store.hypernets.by_name("sigmoidLink", hc.fake.guild.id)
         assert row is not None and row.source == "url" and row.source_detail.endswith("/files/pub_zoo_sigmoid.pt")
         rec = await hc.fake.slash(hc.fake.member_admin, "hypernets add", {"link": f"{model_server}/files/missing.pt"})
-        assert await final_content(hc, rec) == "Refused: the server answered 404 Not Found."
+        assert await final_content(hc, rec) == "Refused: the server answered 404 Not Found; check that the link is right."
     finally:
         service.settings = saved
     rec = await hc.fake.slash(hc.fake.member_admin, "hypernets add", {"link": f"{model_server}/files/x.pt"})
@@ -254,10 +254,16 @@ async def test_owner_rescans_the_models_folder(hc: Harness) -> None:
     folder = Path(hc.settings.models.hypernetwork_dir)
     (folder / "owner").mkdir(parents=True, exist_ok=True)
     (folder / "owner" / "folderSoftplus.pt").write_bytes((ZOO / "pub_zoo_softplus.pt").read_bytes())
+    # A file name that tries to drive the owner's terminal and reverse the reply's text is shown defused.
+    (folder / "owner" / "ev\u202eil\x1b]0;pwned\x07\nlora.pt").write_bytes(b'{"error": "Unauthorized"}')
     rec = await hc.fake.slash(hc.fake.member_owner, "hypernets rescan")
     text = await hc.fake.wait_for(lambda: rec.original and rec.original.content.startswith("Rescanned")
                                   and rec.original.content, timeout=60)
-    assert text.startswith("Rescanned the models folder: 1 added, 0 updated, 0 removed, 0 unchanged, 0 refused.")
+    (folder / "owner" / "ev\u202eil\x1b]0;pwned\x07\nlora.pt").unlink()
+    assert text == ("Rescanned the models folder: 1 added, 0 updated, 0 removed, 0 unchanged, 1 refused.\n"
+                    "Added: `folderSoftplus`\n"
+                    "✗ `owner/ev?il lora.pt`: `ev?il lora` cannot be a model name: model names cannot contain control "
+                    "characters.")
     row = await hc.store.hypernets.by_name("folderSoftplus", hc.fake.guild.id)
     assert row is not None and row.is_global and row.source_detail == "owner/folderSoftplus.pt"
     rec = await hc.fake.slash(hc.fake.member_owner, "hypernets remove", {"name": "folderSoftplus"})

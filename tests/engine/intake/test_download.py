@@ -36,7 +36,7 @@ async def _to_host(request: web.Request) -> web.Response:
 
 
 async def _named(request: web.Request) -> web.Response:
-    return web.Response(body=b"abc", headers={"Content-Disposition": 'attachment; filename="waterElemental_10.pt"'})
+    return web.Response(body=b"PK\x03\x04", headers={"Content-Disposition": 'attachment; filename="waterElemental_10.pt"'})
 
 
 async def _relative(request: web.Request) -> web.Response:
@@ -55,8 +55,24 @@ async def _big_stream(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse()  # chunked: no Content-Length to refuse up front
     await resp.prepare(request)
     for _ in range(64):
-        await resp.write(b"y" * 1024)
+        await resp.write(b"\0" * 1024)
     return resp
+
+
+WEB_REPLIES = {
+    "/login": (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log in</body></html>", "text/html"),
+    "/api/download/models/9": (b'{"error":"Unauthorized","message":"The creator of this asset requires you to be '
+                               b'logged in to download it"}', "application/json"),
+    "/blob/main/x.pt": (b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1234\n", "text/plain"),
+    "/expired": (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Request has '
+                 b'expired</Message></Error>', "application/xml"),
+    "/empty": (b"", "application/octet-stream"),
+}
+
+
+async def _web_reply(request: web.Request) -> web.Response:
+    body, content_type = WEB_REPLIES[request.path]
+    return web.Response(body=body, content_type=content_type)
 
 
 async def _slow(request: web.Request) -> web.StreamResponse:
@@ -78,6 +94,8 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/big-header", _big_header)
     app.router.add_get("/big-stream", _big_stream)
     app.router.add_get("/slow", _slow)
+    for path in WEB_REPLIES:
+        app.router.add_get(path, _web_reply)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -122,7 +140,8 @@ async def test_sync_progress_callback_and_relative_redirect(server: str) -> None
 async def test_fetch_reports_the_server_file_name(server: str) -> None:
     named = await dl.fetch(f"{server}/api/download/models/123", allowed_hosts=LOCAL, allow_private=True, max_bytes=100,
                            timeout_s=10)
-    assert (named.data, named.filename, named.url) == (b"abc", "waterElemental_10.pt", f"{server}/api/download/models/123")
+    assert (named.data, named.filename, named.url) == (b"PK\x03\x04", "waterElemental_10.pt",
+                                                       f"{server}/api/download/models/123")
     plain = await dl.fetch(f"{server}/chain/0", allowed_hosts=LOCAL, allow_private=True, max_bytes=10_000,
                            timeout_s=10)
     assert (plain.filename, plain.url) == ("3000", f"{server}/file/3000")
@@ -135,7 +154,7 @@ async def test_redirect_chain_of_five_is_followed(server: str) -> None:
 
 @pytest.mark.asyncio
 async def test_redirect_chain_of_six_is_refused(server: str) -> None:
-    assert await refusal(f"{server}/chain/5") == "the link redirected more than 5 times"
+    assert await refusal(f"{server}/chain/5") == "the link redirected more than 5 times; use the direct download link"
 
 
 @pytest.mark.asyncio
@@ -146,27 +165,45 @@ async def test_redirect_to_another_allowed_host_is_checked_and_followed(server: 
 @pytest.mark.asyncio
 async def test_redirect_to_a_disallowed_host(server: str) -> None:
     assert await refusal(f"{server}/to/evil.example") == (
-        "the link redirects to `evil.example`; downloads are only allowed from 127.0.0.1, localhost")
+        "the link redirects to `evil.example`; downloads are only allowed from 127.0.0.1, localhost (attach the file "
+        "instead)")
 
 
 @pytest.mark.asyncio
 async def test_oversize_by_content_length(server: str) -> None:
-    assert await refusal(f"{server}/big-header", max_bytes=4096) == "the file is larger than the 4 KiB limit"
+    assert await refusal(f"{server}/big-header", max_bytes=4096) == (
+        "the file is larger than the 4 KiB limit (intake.max_file_mb); check that the link points to a hypernetwork")
 
 
 @pytest.mark.asyncio
 async def test_oversize_while_streaming(server: str) -> None:
-    assert await refusal(f"{server}/big-stream", max_bytes=10_000) == "the file is larger than the 9.8 KiB limit"
+    assert await refusal(f"{server}/big-stream", max_bytes=10_000) == (
+        "the file is larger than the 9.8 KiB limit (intake.max_file_mb); check that the link points to a hypernetwork")
 
 
 @pytest.mark.asyncio
 async def test_slow_server_hits_the_time_limit(server: str) -> None:
-    assert await refusal(f"{server}/slow", timeout_s=0.5) == "the download took longer than 0.5 s"
+    assert await refusal(f"{server}/slow", timeout_s=0.5) == "the download took longer than 0.5 s; try again later"
 
 
 @pytest.mark.asyncio
 async def test_http_error_status(server: str) -> None:
-    assert await refusal(f"{server}/nothing-here") == "the server answered 404 Not Found"
+    assert await refusal(f"{server}/nothing-here") == "the server answered 404 Not Found; check that the link is right"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("path", "message"), [
+    ("/login", "the link returned a web page, not a model file; use the direct download link"),
+    ("/api/download/models/9", "the link returned an error message instead of a model file (“The creator of this "
+                               "asset requires you to be logged in to download it”); use the direct download link"),
+    ("/expired", "the link returned an error message instead of a model file (“Request has expired”); use the direct "
+                 "download link"),
+    ("/blob/main/x.pt", "the link returned a Git LFS pointer, not the model itself; use the direct download link (on "
+                        "Hugging Face, the one with /resolve/ in it)"),
+    ("/empty", "the link returned an empty file; use the direct download link"),
+])
+async def test_a_web_reply_instead_of_a_file_says_what_it_was(server: str, path: str, message: str) -> None:
+    assert await refusal(f"{server}{path}") == message
 
 
 @pytest.mark.asyncio
@@ -192,7 +229,8 @@ async def test_plain_http_needs_allow_private() -> None:
 @pytest.mark.asyncio
 async def test_host_not_in_the_allow_list() -> None:
     message = await refusal("https://evil.example/x.pt", allowed=["civitai.com", "huggingface.co"], private=False)
-    assert message == "downloads are only allowed from civitai.com, huggingface.co; `evil.example` is not one of them"
+    assert message == ("downloads are only allowed from civitai.com, huggingface.co; `evil.example` is not one of them "
+                       "(attach the file instead)")
 
 
 @pytest.mark.asyncio
@@ -215,6 +253,13 @@ async def test_credentials_in_the_link_are_refused() -> None:
     ("240.0.0.1", "a reserved address"),
     ("8.8.8.8", None),
     ("2606:4700::1111", None),
+    ("2002:a00:1::1", "a private address in 6to4 form (10.0.0.1)"),  # 6to4 of 10.0.0.1
+    ("2002:808:808::1", None),  # 6to4 of 8.8.8.8
+    ("64:ff9b::10.0.0.1", "a private address in NAT64 form (10.0.0.1)"),
+    ("64:ff9b::8.8.8.8", None),
+    ("64:ff9b:1::a00:1", "a local-use NAT64 address"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "a private address in Teredo form (10.0.0.1)"),  # client 10.0.0.1
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", "a Teredo tunnel address"),  # client 8.8.8.8: public, still a tunnel
 ])
 def test_address_classes(address: str, problem: str | None) -> None:
     assert address_problem(ipaddress.ip_address(address)) == problem

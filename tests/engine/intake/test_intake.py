@@ -1,7 +1,8 @@
 """Intake of good files: sandboxed parse, canonical store by sha256, the same file twice is one model.
 
-These run the real sandbox children (``python -m engine.intake_sandbox``), so each ingest costs a few seconds;
-a module-scoped ingest is shared by the tests that only read its result.
+These run the real sandbox children (``python -m engine.intake.sandbox``), so each ingest costs a few seconds;
+a module-scoped ingest is shared by the tests that only read its result.  That ingest reads a file the caller
+opened, whose name is then given to another file: what is stored must be what was opened.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ LIMITS = IntakeLimits(max_bytes=8 << 20, sandbox_memory_bytes=2048 << 20, sandbo
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IntakeResult]:
-    store = tmp_path_factory.mktemp("store")
-    return store, ingest_file(FIXTURE, filename="pub_zoo_gelu.pt", store_dir=store, limits=LIMITS)
+    store, folder = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("folder")
+    shutil.copy(FIXTURE, folder / "pub_zoo_gelu.pt")
+    shutil.copy(payloads.FIXTURES / "zoo" / "pub_zoo_tanh.pt", folder / "swap.pt")
+    with (folder / "pub_zoo_gelu.pt").open("rb") as opened:
+        os.replace(folder / "swap.pt", folder / "pub_zoo_gelu.pt")  # the name now means another file
+        return store, ingest_file(opened, filename="pub_zoo_gelu.pt", store_dir=store, limits=LIMITS)
 
 
 def test_a1111_file_is_stored_canonically_under_its_sha256(stored: tuple[Path, IntakeResult]) -> None:
@@ -36,7 +41,7 @@ def test_a1111_file_is_stored_canonically_under_its_sha256(stored: tuple[Path, I
     assert (result.file_name, result.file_size, result.container) == ("pub_zoo_gelu.pt", FIXTURE.stat().st_size, "pt")
     assert result.sizes == (320,)
     assert result.layer_structure == (1.0, 0.025, 1.0)
-    assert result.activation == "gelu"
+    assert result.activation == "gelu"  # the opened file's, not the tanh file now at its name
     assert result.base_model == "v1-5-pruned-emaonly"
     assert result.suggested_name == "pub_zoo_gelu"
     assert result.already_stored is False and result.warnings == ()
