@@ -91,6 +91,8 @@ class IntakeSettings:
     download_timeout_s: float = _opt(120.0, min=1, max=3600)
     sandbox_memory_mb: int = _opt(2048, min=1024, max=65536)
     sandbox_cpu_s: int = _opt(60, min=1, max=3600)
+    sandbox_uid: int = _opt(65534, min=1, max=2**31 - 1)  # the user the sandbox child becomes when the bot runs as root
+    sandbox_gid: int = _opt(65534, min=1, max=2**31 - 1)
 
 
 @dataclass(frozen=True)
