@@ -127,6 +127,7 @@ class LimitSettings:
     max_multiplier: float = _opt(2.0, min=-100, max=100)
     multiplier_step: float = _opt(0.1, min=0.01, max=10)
     max_hypernets: int = _opt(4, min=1, max=16)
+    max_loras: int = _opt(6, min=0, max=16)
     max_prompt_length: int = _opt(3000, min=10, max=6000)
     queue_max: int = _opt(200, min=1, max=100_000)
     queue_per_user: int = _opt(5, min=1, max=1000)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping
+from typing import Protocol
 
 from bot.advanced_options import AdvancedOptions, OptionProblem, advanced_fields
 from bot.config import LimitSettings
 from bot.store import Hypernet
+from engine.lora_tags import parse_lora_tags
 from engine.names import name_problem
 from engine.prompt import (
     LIST_COMMAND,
@@ -25,7 +28,7 @@ from engine.prompt import (
     parse_request_prompt,
     resolve_names,
 )
-from engine.render_settings import HypernetRef, RenderSettings
+from engine.render_settings import EmbeddingRef, HypernetRef, LoraRef, RenderSettings
 from engine.samplers import UnknownSampler, UnsupportedSampler, resolve_sampler
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "OptionError",
     "build_settings",
     "check_multiplier",
+    "embedding_candidates",
+    "embedding_hints",
     "random_seed",
     "size_choices",
     "step_multiplier",
@@ -51,6 +56,13 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
 )
 #: Seeds are 32-bit, as A1111 shows them (and as users copy them around).
 MAX_SEED = 2**32 - 1
+
+
+class Installed(Protocol):
+    """What the options need of an installed model: the file it names."""
+
+    @property
+    def sha256(self) -> str: ...
 
 
 class OptionError(ValueError):
@@ -113,8 +125,13 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
                    cfg_scale: float | None = None, sampler: str | None = None, size: str | None = None,
                    width: int | None = None, height: int | None = None, count: int | None = None,
                    hypernet: str | None = None, multiplier: float | None = None,
-                   advanced: AdvancedOptions | None = None) -> RenderSettings:
-    """Validate everything and resolve the hypernet tags; raise :class:`OptionError` otherwise.
+                   advanced: AdvancedOptions | None = None, loras: Mapping[str, Installed] | None = None,
+                   embeddings: Mapping[str, Installed] | None = None) -> RenderSettings:
+    """Validate everything and resolve the hypernet and LoRA tags; raise :class:`OptionError` otherwise.
+
+    ``loras`` are the LoRAs usable in this guild by name (A1111's name: the file stem); a ``<lora:NAME:…>`` tag's
+    file comes from there.  ``embeddings`` are the guild's textual inversions by name: those whose names occur in
+    the prompts go with the job (:func:`embedding_candidates`).
 
     ``models`` are the hypernetworks usable in this guild (enabled ones) by name: a tag's sha256 comes from there,
     as does the default multiplier of the ``hypernet`` option given without ``multiplier``.  That option becomes a
@@ -140,6 +157,9 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
                                       max_multiplier=limits.max_multiplier, max_tags=limits.max_hypernets,
                                       max_length=limits.max_prompt_length)
         tags = resolve_names(parsed.tags, models)
+        lora_tags = resolve_names(parse_lora_tags(typed, min_multiplier=limits.min_multiplier,
+                                                  max_multiplier=limits.max_multiplier, max_tags=limits.max_loras),
+                                  loras or {}, kind="LoRA", plural="LoRAs", list_command="/loras list")
         negative = check_negative_prompt(negative_prompt or "", max_length=limits.max_prompt_length)
     except PromptError as exc:
         raise OptionError(_sentence(str(exc))) from None
@@ -163,9 +183,48 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
     except OptionProblem as exc:
         raise OptionError(str(exc)) from None
     refs = tuple(HypernetRef(t.name, models[t.name].sha256, t.multiplier) for t in tags)
+    lora_refs = tuple(LoraRef(t.name, (loras or {})[t.name].sha256, t.te, t.unet, t.dyn,
+                              getattr((loras or {})[t.name], "a1111_hash", None)) for t in lora_tags)
+    used = embedding_candidates(f"{typed}\n{negative}", embeddings or {})
     return RenderSettings(prompt=typed, negative_prompt=negative, hypernets=refs, seed=seed, steps=steps,
                           cfg_scale=cfg, sampler=sampler, width=w, height=h, count=count, checkpoint=checkpoint,
-                          **extra)  # type: ignore[arg-type]
+                          loras=lora_refs, embeddings=used, **extra)  # type: ignore[arg-type]
+
+
+def embedding_candidates(text: str, embeddings: Mapping[str, Installed]) -> tuple[EmbeddingRef, ...]:
+    """The embeddings whose names occur in ``text``, ignoring case (CLIP's tokens are lower-case), by name.
+
+    A superset of what A1111 would use: the worker's tokenizer decides, so a name inside a longer word costs
+    nothing but a file load."""
+    folded = text.casefold()
+    return tuple(EmbeddingRef(name, row.sha256, getattr(row, "a1111_hash", None))
+                 for name, row in sorted(embeddings.items()) if name.casefold() in folded)
+
+
+def embedding_hints(text: str, embeddings: Mapping[str, Installed]) -> tuple[str, ...]:
+    """"Did you mean" notes for prompt words one edit away from an installed embedding's name (never an error)."""
+    names = {name.casefold(): name for name in embeddings}
+    notes: list[str] = []
+    for word in dict.fromkeys(re.findall(r"[\w-]{4,}", text)):
+        folded = word.casefold()
+        if folded in names:
+            continue
+        close = [names[n] for n in names if _one_edit(folded, n)]
+        if close:
+            notes.append(f"`{word[:40]}` is not an installed embedding; did you mean `{close[0]}`?")
+    return tuple(notes[:3])
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one insertion, deletion or substitution (not equal)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i + (len(a) == len(b)):] == b[i + 1:]
 
 
 def _sampler(name: str) -> str:

@@ -3,7 +3,8 @@
 Why DynamicItems: a button rebuilt from its custom_id (``hc:reroll:123``, ``hc:mul:123:0:+``) works on every old
 message after the bot restarts, which the most common complaint about image bots ("This interaction failed") is
 about.  Layout (Discord allows 5 rows of 5 buttons): row 0 = Reroll, Info, Set multiplier…; rows 1-4 = one row per
-hypernet with − and +.  Hypernets beyond the fourth are changed with the modal (which shows up to five).
+strength — each hypernet's multiplier, then each LoRA's weight (``RenderSettings.strengths``) — with − and +.
+Strengths beyond the fourth are changed with the modal (which shows up to five).
 
 A job started from a button belongs to whoever pressed it and is answered with a new message (the deferred
 response to the click), whose first line points back at the job it came from.  A reroll is the parent's settings
@@ -39,7 +40,7 @@ from engine.render_settings import RenderSettings
 __all__ = ["DYNAMIC_ITEMS", "progress_view", "result_view", "start_derived"]
 
 log = logging.getLogger(__name__)
-_ROWS_FOR_HYPERNETS = 4
+_ROWS_FOR_STRENGTHS = 4
 _MODAL_INPUTS = 5
 
 
@@ -150,14 +151,14 @@ def _stored_infotext(bot: HypercordBot, job: Job) -> str | None:
 
 class MultiplierButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
                        template=r"hc:mul:(?P<job>[0-9]{1,19}):(?P<index>[0-9]{1,2}):(?P<dir>[+-])"):
-    """One hypernet's multiplier one step down or up; same seed, so only the multiplier changes."""
+    """One strength (a hypernet's multiplier or a LoRA's weight) one step down or up; same seed, so only it changes."""
 
     def __init__(self, job_id: int, index: int, direction: str, *, label: str | None = None,
                  disabled: bool = False) -> None:
         sign = "−" if direction == "-" else "+"
         super().__init__(discord.ui.Button(label=label or sign, style=discord.ButtonStyle.secondary, disabled=disabled,
                                            custom_id=f"hc:mul:{job_id}:{index}:{direction}",
-                                           row=1 + min(index, _ROWS_FOR_HYPERNETS - 1)))
+                                           row=1 + min(index, _ROWS_FOR_STRENGTHS - 1)))
         self.job_id, self.index, self.direction = job_id, index, direction
 
     @classmethod
@@ -169,21 +170,21 @@ class MultiplierButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
         job = await _load(interaction, self.job_id)
         if job is None:
             return
-        nets = job.settings.hypernets
-        if self.index >= len(nets):
-            await send_ephemeral(interaction, f"Job #{job.id} has no hypernetwork number {self.index + 1}.")
+        strengths = job.settings.strengths
+        if self.index >= len(strengths):
+            await send_ephemeral(interaction, f"Job #{job.id} has no hypernetwork or LoRA number {self.index + 1}.")
             return
         limits = hypercord(interaction).settings.limits
-        net = nets[self.index]
-        new = step_multiplier(net.multiplier, 1 if self.direction == "+" else -1, limits)
+        picked = strengths[self.index]
+        new = step_multiplier(picked.value, 1 if self.direction == "+" else -1, limits)
         if new is None:
             bound = limits.max_multiplier if self.direction == "+" else limits.min_multiplier
-            await send_ephemeral(interaction, f"`{net.name}` is already at {format_multiplier(bound)}, the configured "
+            await send_ephemeral(interaction, f"`{picked.name}` is already at {format_multiplier(bound)}, the configured "
                                               "limit.")
             return
-        multipliers = [new if i == self.index else h.multiplier for i, h in enumerate(nets)]
-        await start_derived(interaction, job, job.settings.with_multipliers(multipliers), origin="multiplier",
-                            label=f"`{net.name}` {format_multiplier(net.multiplier)} → {format_multiplier(new)}")
+        values = [new if i == self.index else x.value for i, x in enumerate(strengths)]
+        await start_derived(interaction, job, job.settings.with_strengths(values), origin="multiplier",
+                            label=f"`{picked.name}` {format_multiplier(picked.value)} → {format_multiplier(new)}")
 
 
 class SetMultiplierButton(_JobButton, action="setmul", label="Set multiplier…", emoji="🎚️",
@@ -191,41 +192,43 @@ class SetMultiplierButton(_JobButton, action="setmul", label="Set multiplier…"
     """Opens a modal to type exact multipliers (modals are built at click time; they are not persistent)."""
 
     async def on_job(self, interaction: Interaction, job: Job) -> None:
-        if not job.settings.hypernets:
-            await send_ephemeral(interaction, f"Job #{job.id} uses no hypernetwork, so there is no multiplier to set.")
+        if not job.settings.strengths:
+            await send_ephemeral(interaction, f"Job #{job.id} uses no hypernetwork or LoRA, so there is no multiplier to "
+                                              "set.")
             return
         await interaction.response.send_modal(MultiplierModal(job))
 
 
 class MultiplierModal(discord.ui.Modal):
-    """One text input per hypernet (up to five), prefilled with the job's multipliers."""
+    """One text input per strength (up to five: hypernets, then LoRAs), prefilled with the job's values."""
 
     def __init__(self, job: Job) -> None:
         super().__init__(title=clip(f"Multipliers — job #{job.id}", 45), timeout=900)
         self.job = job
         self.inputs: list[discord.ui.TextInput[MultiplierModal]] = []
-        for i, net in enumerate(job.settings.hypernets[:_MODAL_INPUTS]):
+        for i, strength in enumerate(job.settings.strengths[:_MODAL_INPUTS]):
+            label = strength.name if strength.kind == "hypernet" else f"{strength.name} (LoRA)"
             field: discord.ui.TextInput[MultiplierModal] = discord.ui.TextInput(
-                label=clip(net.name, 45), default=format_multiplier(net.multiplier), max_length=12, custom_id=f"m{i}",
+                label=clip(label, 45), default=format_multiplier(strength.value), max_length=12, custom_id=f"m{i}",
                 placeholder="e.g. 0.7")
             self.inputs.append(field)
             self.add_item(field)
 
     async def on_submit(self, interaction: Interaction, /) -> None:
         limits = hypercord(interaction).settings.limits
-        nets = self.job.settings.hypernets
+        strengths = self.job.settings.strengths
         try:
-            typed = _typed_multipliers(self.inputs, [n.name for n in nets], limits)
+            typed = _typed_multipliers(self.inputs, [x.name for x in strengths], limits)
         except OptionError as exc:
             await send_ephemeral(interaction, str(exc))
             return
-        multipliers = typed + [h.multiplier for h in nets[len(typed):]]
-        if multipliers == [h.multiplier for h in nets]:
+        values = typed + [x.value for x in strengths[len(typed):]]
+        if values == [x.value for x in strengths]:
             await send_ephemeral(interaction, "Those are the multipliers the job already used; change one to render "
                                               "again.")
             return
-        settings = self.job.settings.with_multipliers(multipliers)
-        changes = ", ".join(f"`{n.name}` {format_multiplier(n.multiplier)}" for n in settings.hypernets)
+        settings = self.job.settings.with_strengths(values)
+        changes = ", ".join(f"`{x.name}` {format_multiplier(x.value)}" for x in settings.strengths)
         await start_derived(interaction, self.job, settings, origin="multiplier", label=f"Multipliers {changes}")
 
 
@@ -271,17 +274,19 @@ def progress_view(job_id: int) -> discord.ui.View:
 
 
 def result_view(job: Job, limits: LimitSettings) -> discord.ui.View:
-    """Reroll, Info, Set multiplier… on row 0; − / + per hypernet on rows 1-4, disabled at the configured bounds."""
+    """Reroll, Info, Set multiplier… on row 0; − / + per strength on rows 1-4, disabled at the configured bounds."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job.id))
     view.add_item(InfoButton(job.id))
-    nets = job.settings.hypernets
-    if nets:
+    strengths = job.settings.strengths
+    if strengths:
         view.add_item(SetMultiplierButton(job.id))
-    for i, net in enumerate(nets[:_ROWS_FOR_HYPERNETS]):
-        name = _short(net.name)
+    names = [x.name for x in strengths]
+    for i, strength in enumerate(strengths[:_ROWS_FOR_STRENGTHS]):
+        # A LoRA named like a hypernet of the same job says which one its buttons move.
+        name = _short(strength.name if names.count(strength.name) == 1 else f"{strength.kind} {strength.name}")
         view.add_item(MultiplierButton(job.id, i, "-", label=f"− {name}",
-                                       disabled=step_multiplier(net.multiplier, -1, limits) is None))
+                                       disabled=step_multiplier(strength.value, -1, limits) is None))
         view.add_item(MultiplierButton(job.id, i, "+", label=f"+ {name}",
-                                       disabled=step_multiplier(net.multiplier, 1, limits) is None))
+                                       disabled=step_multiplier(strength.value, 1, limits) is None))
     return view

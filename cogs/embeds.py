@@ -75,6 +75,10 @@ def result_embed(job: Job, *, model_name: str, note: str = "") -> discord.Embed:
     if s.hypernets:
         lines = [f"`{h.name}` × {format_multiplier(h.multiplier)}" for h in s.hypernets]
         embed.add_field(name="Hypernetworks", value=clip("\n".join(lines), 900), inline=False)
+    if s.loras:
+        lines = [f"`{x.name}` × {format_multiplier(x.unet)}" + (f" (text {format_multiplier(x.te)})" if x.te != x.unet
+                                                                else "") for x in s.loras]
+        embed.add_field(name="LoRAs", value=clip("\n".join(lines), 900), inline=False)
     embed.add_field(name="Seed", value=seed_label(s))
     embed.add_field(name="Steps", value=str(s.steps))
     embed.add_field(name="CFG scale", value=format_multiplier(s.cfg_scale))

@@ -42,6 +42,7 @@ import math
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from engine.names import is_valid_model_name, name_problem
 
@@ -85,6 +86,17 @@ _SPACE_BEFORE_COMMA_RE = re.compile(r"(?<=[^\W_]) (?=,)")
 _SHOWN_CHARS = 80
 
 
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def raw(self) -> str: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)
+
+
 class PromptError(ValueError):
     """A prompt the bot refuses; ``str(error)`` is a complete sentence meant for the user.
 
@@ -98,7 +110,8 @@ class PromptError(ValueError):
 
 
 class UnknownHypernet(PromptError):
-    """A tag names no installed hypernet; ``suggestions`` holds up to three installed names that are close."""
+    """A tag names no installed model (a hypernet, or a LoRA: :func:`resolve_names` words it); ``suggestions``
+    holds up to three installed names that are close."""
 
     def __init__(self, message: str, *, tag: str, name: str, suggestions: tuple[str, ...]) -> None:
         super().__init__(message, tag=tag)
@@ -316,10 +329,12 @@ def closest_names(name: str, available: Iterable[str], limit: int = 3) -> tuple[
     return tuple(picks[:limit])
 
 
-def resolve_names(tags: Iterable[HypernetTag], available: Collection[str]) -> tuple[HypernetTag, ...]:
-    """Check every tag names an installed hypernet (exact, case-sensitive stem, as A1111); return the tags.
+def resolve_names(tags: Iterable[_Named], available: Collection[str], *, kind: str = "hypernet",
+                  plural: str = "hypernetworks", list_command: str = LIST_COMMAND) -> tuple[_Named, ...]:
+    """Check every tag names an installed model of ``kind`` (exact, case-sensitive stem, as A1111); return the tags.
 
-    The first unknown name, in prompt order, raises :class:`UnknownHypernet` with suggestions.
+    The first unknown name, in prompt order, raises :class:`UnknownHypernet` with suggestions.  ``kind``,
+    ``plural`` and ``list_command`` word the message ("there is no LoRA named …; `/loras list` shows …").
     """
     resolved = tuple(tags)
     for tag in resolved:
@@ -327,18 +342,18 @@ def resolve_names(tags: Iterable[HypernetTag], available: Collection[str]) -> tu
             continue
         shown = _shown(tag.raw)
         if not available:
-            message = f"{shown} — no hypernetworks are installed yet; `{LIST_COMMAND}` shows what is available"
+            message = f"{shown} — no {plural} are installed yet; `{list_command}` shows what is available"
             suggestions: tuple[str, ...] = ()
         else:
             suggestions = closest_names(tag.name, available)
-            message = f"{shown} — there is no hypernet named {_shown(tag.name)}"
+            message = f"{shown} — there is no {kind} named {_shown(tag.name)}"
             if suggestions:
                 case_note = " (names are case-sensitive)" if suggestions[0].casefold() == tag.name.casefold() else ""
                 listed = [_shown(s) for s in suggestions]
                 options = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " or " + listed[-1]
                 message += f"{case_note}; did you mean {options}?"
             else:
-                message += f"; `{LIST_COMMAND}` shows the installed ones"
+                message += f"; `{list_command}` shows the installed ones"
         raise UnknownHypernet(message, tag=tag.raw, name=tag.name, suggestions=suggestions)
     return resolved
 

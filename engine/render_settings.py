@@ -25,7 +25,7 @@ from engine.lora_tags import LoraTag, scan_lora_tags, write_lora_tags
 from engine.prompt import parse_hypernet_tags, write_tags
 from engine.samplers import NOISE_SOURCES, SCHEDULE_TYPES, resolve_sampler_and_schedule
 
-__all__ = ["MAX_CLIP_SKIP", "HypernetRef", "ImageSeed", "LoraRef", "RenderSettings"]
+__all__ = ["MAX_CLIP_SKIP", "EmbeddingRef", "HypernetRef", "ImageSeed", "LoraRef", "RenderSettings", "Strength"]
 
 #: The deepest clip skip A1111's UI offers (its slider stops at 12, the layer count of SD1.x's text encoder).
 MAX_CLIP_SKIP = 12
@@ -56,10 +56,33 @@ class LoraRef:
     te: float = 1.0
     unet: float = 1.0
     dyn: int | None = None
+    short_hash: str | None = None  # A1111's 12-hex hash of the source file, for the infotext's "Lora hashes"
 
     @property
     def tag(self) -> LoraTag:
         return LoraTag(self.name, self.te, self.unet, self.dyn)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRef:
+    """A textual-inversion embedding a job's prompts may use, by the name prompts write and its stored file.
+
+    The bot lists the guild's embeddings whose names occur in the prompts (a superset: the worker's tokenizer
+    decides which are really used, as A1111 does); ``short_hash`` is A1111's for the infotext's "TI hashes".
+    """
+
+    name: str
+    sha256: str
+    short_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Strength:
+    """One adjustable strength of a job, for the result's buttons: a hypernet's multiplier or a LoRA's weight."""
+
+    kind: str  # "hypernet" | "LoRA"
+    name: str
+    value: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +125,7 @@ class RenderSettings:
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
     loras: tuple[LoraRef, ...] = ()
+    embeddings: tuple[EmbeddingRef, ...] = ()
 
     def __post_init__(self) -> None:
         _, tags = parse_hypernet_tags(self.prompt)
@@ -155,6 +179,20 @@ class RenderSettings:
     def infotext_prompt(self) -> str:
         """The prompt line of the PNG infotext: as typed, each hypernet tag in A1111's bracketed form."""
         return write_tags(self.prompt, [h.multiplier for h in self.hypernets])
+
+    @property
+    def strengths(self) -> tuple[Strength, ...]:
+        """The hypernets' multipliers, then the LoRAs' (UNet) weights, in prompt / A1111 order."""
+        return (*(Strength("hypernet", h.name, h.multiplier) for h in self.hypernets),
+                *(Strength("LoRA", x.name, x.unet) for x in self.loras))
+
+    def with_strengths(self, values: Sequence[float]) -> RenderSettings:
+        """The same settings with new :attr:`strengths` (one value each, same order)."""
+        if len(values) != len(self.hypernets) + len(self.loras):
+            raise ValueError(f"{len(self.strengths)} strengths but {len(values)} values were given")
+        cut = len(self.hypernets)
+        changed = self.with_multipliers(values[:cut]) if self.hypernets else self
+        return changed.with_lora_weights(values[cut:]) if self.loras else changed
 
     def with_lora_weights(self, weights: Sequence[float]) -> RenderSettings:
         """The same settings with new LoRA strengths, one per LoRA (its UNet multiplier; the text-encoder one moves

@@ -7,7 +7,8 @@ disagree about which fields an image gets.  Pure, so the bot uses it without tor
 Field rules follow A1111's ``create_infotext``: ``Schedule type`` only when one was chosen (a combined name such as
 "DPM++ 2M Karras" carries its schedule itself), variation fields only at a non-zero strength, ``Clip skip`` above 1,
 ``ENSD`` when it is set and the sampler draws step noise (the only samplers it changes), ``RNG`` unless it is A1111's
-default GPU, and ``TI hashes`` for the embeddings the prompts used.
+default GPU, ``TI hashes`` for the embeddings the prompts used and ``Lora hashes`` for the job's LoRAs (A1111's
+short hashes, where the registry knows them).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def settings_infotext(settings: RenderSettings, image: int, *, model_name: str |
     fields = noise_fields(s, image)
     if embeddings:
         fields["TI hashes"] = ", ".join(f"{name}: {digest}" for name, digest in embeddings)
+    loras = {x.name: x.short_hash for x in s.loras if x.short_hash}
+    if loras:
+        fields["Lora hashes"] = ", ".join(f"{name}: {digest}" for name, digest in loras.items())
     fields.update(extra or {})
     return build_infotext(s.infotext_prompt, s.negative_prompt, s.steps, s.sampler, s.cfg_scale,
                           s.image_seeds()[image].seed, s.width, s.height, model_name, model_hash, extra=fields)

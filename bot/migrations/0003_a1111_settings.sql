@@ -25,7 +25,17 @@ CREATE TABLE job_loras (
     te          REAL    NOT NULL,                                 -- text-encoder multiplier
     unet        REAL    NOT NULL,                                 -- UNet multiplier
     dyn         INTEGER,                                          -- NULL: every rank
+    short_hash  TEXT,                                             -- A1111's, for the infotext's "Lora hashes"
     PRIMARY KEY (job_id, position)
 ) WITHOUT ROWID;
 
 CREATE INDEX job_loras_name ON job_loras (name COLLATE NOCASE, job_id);
+
+-- The embeddings a job's prompts may use (the guild's embeddings whose names occur in them), as resolved then.
+CREATE TABLE job_embeddings (
+    job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    name        TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    short_hash  TEXT,                                             -- A1111's, for the infotext's "TI hashes"
+    PRIMARY KEY (job_id, name)
+) WITHOUT ROWID;

@@ -17,7 +17,7 @@ from typing import Any
 from bot.db import Tx
 from bot.store.base import Repository, fetch_by_id
 from bot.store.errors import NotFound
-from engine.render_settings import HypernetRef, LoraRef, RenderSettings
+from engine.render_settings import EmbeddingRef, HypernetRef, LoraRef, RenderSettings
 
 __all__ = ["JOB_STATUSES", "DeletedUserData", "Job", "JobStore", "NewJob"]
 
@@ -85,29 +85,42 @@ _INSERT_COLUMNS = ("user_id", "guild_id", "channel_id", "parent_job_id", "origin
 _INSERT_JOB = f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({','.join('?' * len(_INSERT_COLUMNS))})"
 
 
-def _job(row: sqlite3.Row, hypernets: Sequence[HypernetRef], loras: Sequence[LoraRef]) -> Job:
+@dataclass(slots=True)
+class _Attached:
+    """A job's rows in the side tables (hypernets, LoRAs, embeddings), read for a page of jobs at once."""
+
+    hypernets: list[HypernetRef] = field(default_factory=list)
+    loras: list[LoraRef] = field(default_factory=list)
+    embeddings: list[EmbeddingRef] = field(default_factory=list)
+
+
+def _job(row: sqlite3.Row, attached: _Attached) -> Job:
     resize = row["seed_resize_width"], row["seed_resize_height"]
-    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(hypernets), loras=tuple(loras),
+    settings = RenderSettings(**{c: row[c] for c in _SETTINGS_COLUMNS}, hypernets=tuple(attached.hypernets),
+                              loras=tuple(attached.loras), embeddings=tuple(attached.embeddings),
                               seed_resize_from=None if None in resize else resize)
     return Job(**{f: row[f] for f in _PLAIN_FIELDS}, settings=settings, notes=tuple(json.loads(row["notes_json"])),
                image_paths=tuple(json.loads(row["image_paths_json"])), warnings=tuple(json.loads(row["warnings_json"])))
 
 
 async def _jobs(tx: Tx, rows: Sequence[sqlite3.Row]) -> list[Job]:
-    """Rows of ``jobs`` as Jobs, with their hypernets and LoRAs read in one query each."""
+    """Rows of ``jobs`` as Jobs, with their hypernets, LoRAs and embeddings read in one query each."""
     if not rows:
         return []
     ids = [r["id"] for r in rows]
     marks = ",".join("?" * len(ids))
-    nets: dict[int, list[HypernetRef]] = {i: [] for i in ids}
+    attached = {i: _Attached() for i in ids}
     for h in await tx.fetchall(f"SELECT job_id, name, sha256, multiplier FROM job_hypernets WHERE job_id IN ({marks})"
                                " ORDER BY job_id, position", ids):
-        nets[h["job_id"]].append(HypernetRef(h["name"], h["sha256"], float(h["multiplier"])))
-    loras: dict[int, list[LoraRef]] = {i: [] for i in ids}
-    for x in await tx.fetchall(f"SELECT job_id, name, sha256, te, unet, dyn FROM job_loras WHERE job_id IN ({marks})"
-                               " ORDER BY job_id, position", ids):
-        loras[x["job_id"]].append(LoraRef(x["name"], x["sha256"], float(x["te"]), float(x["unet"]), x["dyn"]))
-    return [_job(r, nets[r["id"]], loras[r["id"]]) for r in rows]
+        attached[h["job_id"]].hypernets.append(HypernetRef(h["name"], h["sha256"], float(h["multiplier"])))
+    for x in await tx.fetchall("SELECT job_id, name, sha256, te, unet, dyn, short_hash FROM job_loras WHERE job_id IN "
+                               f"({marks}) ORDER BY job_id, position", ids):
+        attached[x["job_id"]].loras.append(LoraRef(x["name"], x["sha256"], float(x["te"]), float(x["unet"]), x["dyn"],
+                                                   x["short_hash"]))
+    for e in await tx.fetchall(f"SELECT job_id, name, sha256, short_hash FROM job_embeddings WHERE job_id IN ({marks})"
+                               " ORDER BY job_id, name", ids):
+        attached[e["job_id"]].embeddings.append(EmbeddingRef(e["name"], e["sha256"], e["short_hash"]))
+    return [_job(r, attached[r["id"]]) for r in rows]
 
 
 def _check_relative(paths: Sequence[str]) -> list[str]:
@@ -145,8 +158,14 @@ class JobStore(Repository):
                 [(job_id, i, h.name, h.sha256, float(h.multiplier)) for i, h in enumerate(s.hypernets)],
             )
             await tx.executemany(
-                "INSERT INTO job_loras (job_id, position, name, sha256, te, unet, dyn) VALUES (?,?,?,?,?,?,?)",
-                [(job_id, i, x.name, x.sha256, float(x.te), float(x.unet), x.dyn) for i, x in enumerate(s.loras)],
+                "INSERT INTO job_loras (job_id, position, name, sha256, te, unet, dyn, short_hash) VALUES "
+                "(?,?,?,?,?,?,?,?)",
+                [(job_id, i, x.name, x.sha256, float(x.te), float(x.unet), x.dyn, x.short_hash)
+                 for i, x in enumerate(s.loras)],
+            )
+            await tx.executemany(
+                "INSERT INTO job_embeddings (job_id, name, sha256, short_hash) VALUES (?,?,?,?)",
+                [(job_id, e.name, e.sha256, e.short_hash) for e in s.embeddings],
             )
             return await self._get(tx, job_id)
 

@@ -64,6 +64,11 @@ class Embedding:
         return self.vectors.shape[1]
 
     @property
+    def nbytes(self) -> int:
+        """Bytes its vectors hold (the worker's cache is bounded in bytes)."""
+        return self.vectors.numel() * self.vectors.element_size()
+
+    @property
     def short_hash(self) -> str | None:
         """The first 12 hex digits of the source file's sha256, as A1111's ``TI hashes`` infotext shows it."""
         return self.sha256[:12] if self.sha256 else None

@@ -21,7 +21,7 @@ from engine.lora import LoraNetwork, LoraUse
 from engine.protocol import GenerateRequest
 from engine.sampling import RowSeed
 
-__all__ = ["BatchRows", "ImageRow", "noise_source"]
+__all__ = ["BatchRows", "EmbeddingKey", "ImageRow", "embedding_key", "noise_source"]
 
 HypernetChain = tuple[tuple[Hypernetwork, float], ...]
 
@@ -53,12 +53,23 @@ def noise_source(rng: str, device: torch.device) -> str:
     return rng
 
 
+EmbeddingKey = tuple[tuple[str, str], ...]  # a job's embeddings as sorted (name, sha256): which encoder reads it
+
+
+def embedding_key(request: GenerateRequest) -> EmbeddingKey:
+    return tuple(sorted((e.name, e.sha256) for e in request.settings.embeddings))
+
+
 @dataclass(frozen=True)
 class BatchRows:
-    """The rows of one batch and the distinct prompt requests they point at."""
+    """The rows of one batch and the distinct prompt requests they point at.
+
+    ``encoders[p]`` says which embeddings prompt ``p`` is read with (jobs of different guilds may give one name
+    to different files, so prompts are encoded per embedding set)."""
 
     rows: tuple[ImageRow, ...]
     prompts: tuple[PromptRequest, ...]
+    encoders: tuple[EmbeddingKey, ...] = ()
 
     @classmethod
     def build(cls, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
@@ -66,10 +77,11 @@ class BatchRows:
         """Rows in request order; ``prompt_steps`` is the step count prompt editing resolves against.
 
         ``loras`` maps ``LoraRef.sha256`` to a loaded network (every ref with a non-zero multiplier)."""
-        prompts: dict[PromptRequest, int] = {}
+        prompts: dict[tuple[PromptRequest, EmbeddingKey], int] = {}
 
-        def index(text: str, clip_skip: int, positive: bool, uses: tuple[LoraUse, ...]) -> int:
-            return prompts.setdefault(PromptRequest(text, prompt_steps, clip_skip, positive, uses), len(prompts))
+        def index(text: str, clip_skip: int, positive: bool, uses: tuple[LoraUse, ...], key: EmbeddingKey) -> int:
+            request = PromptRequest(text, prompt_steps, clip_skip, positive, uses)
+            return prompts.setdefault((request, key), len(prompts))
 
         rows: list[ImageRow] = []
         for req in requests:
@@ -77,14 +89,15 @@ class BatchRows:
             chain = tuple((hypernets[ref.sha256], float(ref.multiplier)) for ref in s.hypernets if ref.multiplier != 0)
             uses = tuple(LoraUse((loras or {})[x.sha256], float(x.unet), float(x.te), x.dyn) for x in s.loras
                          if x.unet != 0 or x.te != 0)
-            prompt = index(s.encoder_prompt, s.clip_skip, True, uses)
-            negative = index(s.negative_prompt, s.clip_skip, False, uses)
+            key = embedding_key(req)
+            prompt = index(s.encoder_prompt, s.clip_skip, True, uses, key)
+            negative = index(s.negative_prompt, s.clip_skip, False, uses, key)
             source = noise_source(s.rng, device)
             for image in s.image_seeds():
                 seed = RowSeed(image.seed, image.subseed, float(s.subseed_strength) if image.subseed is not None else 0.0,
                                s.seed_resize_from, s.eta_noise_seed_delta, source)
                 rows.append(ImageRow(req.job_id, seed, float(s.cfg_scale), prompt, negative, chain, uses))
-        return cls(tuple(rows), tuple(prompts))
+        return cls(tuple(rows), tuple(p for p, _ in prompts), tuple(k for _, k in prompts))
 
     def __len__(self) -> int:
         return len(self.rows)

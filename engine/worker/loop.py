@@ -33,6 +33,7 @@ from typing import Protocol
 
 import torch
 
+from engine.conditioning import Embedding, load_embedding_safetensors
 from engine.errors import InvalidModelFile
 from engine.hypernet import Hypernetwork, load_canonical
 from engine.lora import LoraNetwork, load_lora_safetensors, table_for_models
@@ -91,7 +92,10 @@ class Worker:
         self._cache_snapshot: tuple[int, tuple[str, ...]] = (0, ())
         self._names: dict[str, str] = {}
         self._loras: HypernetCache[LoraNetwork] | None = None  # set in run(): its loader needs the model
-        self._job_loras: dict[int, Mapping[str, LoraNetwork]] = {}  # the batch being rendered: job -> its LoRAs
+        self._embeddings: HypernetCache[Embedding] | None = None
+        # The batch being rendered: per job, its LoRAs and embeddings by sha256.
+        self._job_loras: dict[int, Mapping[str, LoraNetwork]] = {}
+        self._job_embeddings: dict[int, Mapping[str, Embedding]] = {}
         self._device_is_cuda = False
         self._stats = _BatchStats()
 
@@ -160,6 +164,8 @@ class Worker:
 
         cache: HypernetCache[Hypernetwork] = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load)
         self._loras = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load_lora, kind="LoRA")
+        self._embeddings = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, _load_embedding,
+                                         kind="embedding")
         self.send(Hello(protocol_version=PROTOCOL_VERSION, pid=os.getpid(), device=str(renderer.device),
                         checkpoint=cfg.checkpoint, dtype=str(renderer.dtype).removeprefix("torch."),
                         context_dim=int(renderer.context_dim), attention_widths=tuple(sorted(renderer.attention_widths))))
@@ -190,6 +196,7 @@ class Worker:
             self._render(renderer, [r for r in live if r.job_id in nets], nets)
         finally:
             self._job_loras.clear()
+            self._job_embeddings.clear()
         with self._cancel_lock:
             self._cancelled.difference_update(r.job_id for r in batch.requests)
         stats = self._stats
@@ -207,9 +214,11 @@ class Worker:
             used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
             try:
                 out[req.job_id] = cache.get_many(ref.sha256 for ref in used)
-                if self._loras is not None:
+                if self._loras is not None and self._embeddings is not None:
                     self._job_loras[req.job_id] = self._loras.get_many(
                         x.sha256 for x in req.settings.loras if x.te != 0 or x.unet != 0)
+                    self._job_embeddings[req.job_id] = self._embeddings.get_many(
+                        e.sha256 for e in req.settings.embeddings)
             except InvalidModelFile as exc:
                 self._fail(req, FailureKind.BAD_REQUEST, exc.message)
                 continue
@@ -225,6 +234,7 @@ class Worker:
             return
         merged = {d: n for r in requests for d, n in nets[r.job_id].items()}
         loras = {d: n for r in requests for d, n in self._job_loras.get(r.job_id, {}).items()}
+        embeddings = {d: e for r in requests for d, e in self._job_embeddings.get(r.job_id, {}).items()}
         done: set[int] = set()  # jobs already answered (cancelled mid-run)
         progress = _ProgressGate(self._config.progress_interval_s)
         step_started = [time.monotonic()]
@@ -249,7 +259,8 @@ class Worker:
             return set(done)
 
         try:
-            outputs = renderer.generate(requests, merged, loras=loras, on_step=on_step, should_stop=should_stop)
+            outputs = renderer.generate(requests, merged, loras=loras, embeddings=embeddings, on_step=on_step,
+                                        should_stop=should_stop)
         except Cancelled:
             for r in requests:
                 if r.job_id not in done:
@@ -330,6 +341,11 @@ class _ProgressGate:
             self._last = now
             return True
         return False
+
+
+def _load_embedding(path: Path) -> Embedding:
+    """An embedding file of the store; prompts know it by the name each job's guild gave it (set per job)."""
+    return load_embedding_safetensors(path, path.stem)
 
 
 def _is_device_error(exc: BaseException) -> bool:

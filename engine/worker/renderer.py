@@ -25,16 +25,26 @@ cancelled :class:`Cancelled` is raised.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image, PngImagePlugin
 
-from engine.conditioning import ConditioningError, EmbeddingSet, PromptEncoder, PromptRequest, PromptTooLong
+from engine.conditioning import (
+    ConditioningError,
+    Embedding,
+    EmbeddingSet,
+    PromptEncoder,
+    PromptRequest,
+    PromptTooLong,
+    WeightedSchedule,
+)
 from engine.fit import ModelShape, fit_note
 from engine.hypernet import Hypernetwork
 from engine.hypernet.attention import install_hypernet_processors
@@ -51,13 +61,14 @@ from engine.sampling import (
     plan_sampling,
 )
 from engine.settings_infotext import settings_infotext
-from engine.worker.batch_rows import BatchRows
+from engine.worker.batch_rows import BatchRows, EmbeddingKey, embedding_key
 from engine.worker.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_device, resolve_dtype
 from engine.worker.unet_model import BatchUNet
 
 __all__ = ["MAX_SEED", "Cancelled", "RenderOutput", "Renderer", "RequestError"]
 
 MAX_SEED = 2**64 - 1
+_ENCODERS_KEPT = 8  # prompt encoders of recent embedding sets (one per guild that has embeddings, usually)
 
 OnStep = Callable[[int, int], None]
 ShouldStop = Callable[[int], bool | Collection[int]]
@@ -107,7 +118,10 @@ class Renderer:
         self.unet = parts.unet.to(device)
         self.vae = parts.vae.to(device)
         self.text_encoder = parts.text_encoder.to(device)
+        self.tokenizer = parts.tokenizer
+        self.base_embeddings = embeddings or EmbeddingSet()
         self.encoder = PromptEncoder(self.text_encoder, parts.tokenizer, embeddings)
+        self._encoders: OrderedDict[EmbeddingKey, PromptEncoder] = OrderedDict()
         self.alphas_cumprod = alphas_cumprod_from_config(parts.scheduler_config)
         self.v_prediction = parts.scheduler_config.get("prediction_type", "epsilon") == "v_prediction"
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -141,8 +155,28 @@ class Renderer:
 
     # ---- checks -------------------------------------------------------------------------------------------
 
+    def encoder_for(self, request: GenerateRequest, embeddings: Mapping[str, Embedding]) -> PromptEncoder:
+        """The prompt encoder that knows this job's embeddings under the names its guild gave them.
+
+        ``embeddings`` maps ``EmbeddingRef.sha256`` to the loaded vectors.  Encoders are built per embedding set
+        and the last few kept (building one tokenizes every name, a few ms)."""
+        key = embedding_key(request)
+        if not key:
+            return self.encoder
+        found = self._encoders.get(key)
+        if found is None:
+            own = [dataclasses.replace(embeddings[sha], name=name) for name, sha in key]
+            names = {name for name, _ in key}
+            merged = EmbeddingSet([*(e for e in self.base_embeddings.values() if e.name not in names), *own])
+            found = self._encoders[key] = PromptEncoder(self.text_encoder, self.tokenizer, merged)
+            if len(self._encoders) > _ENCODERS_KEPT:
+                self._encoders.popitem(last=False)
+        self._encoders.move_to_end(key)
+        return found
+
     def validate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork],
-                 loras: Mapping[str, LoraNetwork] | None = None) -> SamplingPlan:
+                 loras: Mapping[str, LoraNetwork] | None = None,
+                 embeddings: Mapping[str, Embedding] | None = None) -> SamplingPlan:
         """Raise :class:`RequestError` (a ValueError) for a batch this engine cannot render; return its plan."""
         if not requests:
             raise RequestError("empty batch: nothing to render")
@@ -165,11 +199,12 @@ class Renderer:
             raise RequestError(f"width and height must be positive multiples of {f}, got {first.width}x{first.height}",
                                job)
         for req in requests:
-            self._validate_request(req, hypernets, loras or {}, plan)
+            self._validate_request(req, hypernets, loras or {}, embeddings or {}, plan)
         return plan
 
     def _validate_request(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork],
-                          loras: Mapping[str, LoraNetwork], plan: SamplingPlan) -> None:
+                          loras: Mapping[str, LoraNetwork], embeddings: Mapping[str, Embedding],
+                          plan: SamplingPlan) -> None:
         s, job = req.settings, req.job_id
         if s.count < 1:
             raise RequestError(f"count must be at least 1, got {s.count}", job)
@@ -179,21 +214,11 @@ class Renderer:
         for what, values in (("seeds", [i.seed for i in seeds]), ("variation seeds", [i.subseed for i in seeds])):
             if any(v is not None and not 0 <= v <= MAX_SEED for v in values):
                 raise RequestError(f"{what} must lie between 0 and {MAX_SEED}", job)
-        for ref in s.hypernets:
-            if ref.multiplier != 0 and ref.sha256 not in hypernets:
-                raise RequestError(f"hypernetwork {ref.name!r} ({ref.sha256[:10]}) is not loaded", job)
-            if not math.isfinite(ref.multiplier):
-                raise RequestError(f"the multiplier of {ref.name!r} must be finite", job)
-        for lora in s.loras:
-            if not (math.isfinite(lora.te) and math.isfinite(lora.unet)):
-                raise RequestError(f"the multipliers of the LoRA {lora.name!r} must be finite", job)
-            if (lora.te != 0 or lora.unet != 0) and lora.sha256 not in loras:
-                raise RequestError(f"LoRA {lora.name!r} ({lora.sha256[:10]}) is not loaded", job)
-            if lora.dyn is not None and lora.dyn < 1:
-                raise RequestError(f"the dyn rank of the LoRA {lora.name!r} must be positive", job)
+        _check_models(req, hypernets, loras, embeddings)
+        encoder = self.encoder_for(req, embeddings)
         for text, positive in ((s.encoder_prompt, True), (s.negative_prompt, False)):
             try:
-                self.encoder.plan(PromptRequest(text, plan.prompt_schedule_steps, s.clip_skip, positive))
+                encoder.plan(PromptRequest(text, plan.prompt_schedule_steps, s.clip_skip, positive))
             except PromptTooLong as exc:
                 side = "prompt" if positive else "negative prompt"
                 raise RequestError(f"the {side} is too long: it needs {exc.chunks} chunks of 75 tokens (counting each "
@@ -210,26 +235,29 @@ class Renderer:
     # ---- generation ---------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
-                 loras: Mapping[str, LoraNetwork] | None = None, on_step: OnStep | None = None,
+                 loras: Mapping[str, LoraNetwork] | None = None, embeddings: Mapping[str, Embedding] | None = None,
+                 on_step: OnStep | None = None,
                  should_stop: ShouldStop | None = None,
                  on_report: Callable[[StepReport], None] | None = None) -> list[RenderOutput]:
         """Render compatible requests (same size, steps and sampler) in one UNet batch; see the module docstring.
 
         ``hypernets`` maps ``HypernetRef.sha256`` to a loaded hypernetwork (ideally already on ``device`` in
-        ``hypernet_dtype``), ``loras`` maps ``LoraRef.sha256`` to a loaded LoRA network.  ``on_step(done, total)``
+        ``hypernet_dtype``), ``loras`` and ``embeddings`` map ``LoraRef.sha256`` / ``EmbeddingRef.sha256`` to the
+        loaded LoRA networks and embeddings.  ``on_step(done, total)``
         runs after each sampler step (``total`` is the sampler's step count: A1111's DDIM/PLMS/UniPC grids can
         differ from ``steps`` by one); ``on_report`` gets each step's latents and denoised prediction (rows in
         request order; for previews and tests).  Returns one output per request not cancelled, in request order.
         Raises :class:`RequestError` for a bad batch, :class:`Cancelled`, and lets everything else
         (``torch.cuda.OutOfMemoryError`` included) propagate.
         """
-        plan = self.validate(requests, hypernets, loras)
-        notes = {r.job_id: self._request_warnings(r, hypernets, loras or {}) for r in requests}
+        plan = self.validate(requests, hypernets, loras, embeddings)
+        encoders = {r.job_id: self.encoder_for(r, embeddings or {}) for r in requests}
+        notes = {r.job_id: self._request_warnings(r, hypernets, loras or {}, encoders[r.job_id]) for r in requests}
         rows = BatchRows.build(requests, hypernets, prompt_steps=plan.prompt_schedule_steps, device=self.device,
                                loras=loras)
         first = requests[0].settings
         with torch.no_grad():  # not inference_mode: the hypernet processor keys its cache on tensor versions
-            conds = self.encoder.encode(rows.prompts)
+            conds = self._encode(rows, {embedding_key(r): encoders[r.job_id] for r in requests})
             guidance = [RowGuidance(row.cfg_scale, tuple(part.weight for part in conds[row.prompt]))
                         for row in rows.rows]
             model = BatchUNet(self.unet, rows, conds, dtype=self.dtype, hypernet_dtype=self.hypernet_dtype,
@@ -246,11 +274,24 @@ class Renderer:
                 for name in dict.fromkeys(x.name for x in req.settings.loras if x.name in model.lora_skipped):
                     notes[req.job_id].append(f"LoRA {name!r}: {len(model.lora_skipped[name])} module(s) skipped, "
                                              "their update does not fit this model")
-            return self._finish(requests, rows, latents, set(guided.active), notes)
+            return self._finish(requests, rows, latents, set(guided.active), notes, encoders)
+
+    @staticmethod
+    def _encode(rows: BatchRows, encoders: Mapping[EmbeddingKey, PromptEncoder]) -> list[list[WeightedSchedule]]:
+        """Every prompt of the batch, one text-encoder pass per embedding set (usually one), in prompt order."""
+        conds: list[list[WeightedSchedule] | None] = [None] * len(rows.prompts)
+        for key, encoder in encoders.items():
+            picked = [p for p, k in enumerate(rows.encoders) if k == key]
+            for p, cond in zip(picked, encoder.encode([rows.prompts[p] for p in picked]), strict=True):
+                conds[p] = cond
+        return [c for c in conds if c is not None]
 
     def _request_warnings(self, req: GenerateRequest, hypernets: Mapping[str, Hypernetwork],
-                          loras: Mapping[str, LoraNetwork]) -> list[str]:
+                          loras: Mapping[str, LoraNetwork], encoder: PromptEncoder) -> list[str]:
         out: list[str] = []
+        own = {e.name for e in req.settings.embeddings}
+        out += [f"embedding {skip.name!r} cannot be used with this model: {skip.reason}"
+                for skip in encoder.skipped_embeddings if skip.name in own]
         used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
         for digest in dict.fromkeys(ref.sha256 for ref in used):
             name = next(r.name for r in used if r.sha256 == digest)
@@ -274,16 +315,17 @@ class Renderer:
         return Image.fromarray(array, mode="RGB")
 
     def _finish(self, requests: Sequence[GenerateRequest], rows: BatchRows, latents: torch.Tensor, kept: set[int],
-                notes: Mapping[int, list[str]]) -> list[RenderOutput]:
+                notes: Mapping[int, list[str]], encoders: Mapping[int, PromptEncoder]) -> list[RenderOutput]:
         outputs: list[RenderOutput] = []
         for req in requests:
             idx = [i for i in rows.of_job(req.job_id) if i in kept]
             if not idx:
                 continue
             s = req.settings
-            used = self.encoder.embeddings_used([PromptRequest(s.encoder_prompt, 1, s.clip_skip),
-                                                 PromptRequest(s.negative_prompt, 1, s.clip_skip, positive=False)])
-            hashes = [(e.name, e.short_hash) for e in used if e.short_hash]
+            used = encoders[req.job_id].embeddings_used([PromptRequest(s.encoder_prompt, 1, s.clip_skip),
+                                                         PromptRequest(s.negative_prompt, 1, s.clip_skip, positive=False)])
+            known = {e.name: e.short_hash for e in s.embeddings}
+            hashes = [(e.name, h) for e in used if (h := known.get(e.name) or e.short_hash)]
             images = [self._decode(latents[i]) for i in idx]
             pngs = [self._png(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
                                                        embeddings=hashes))
@@ -299,6 +341,27 @@ class Renderer:
         buf = io.BytesIO()
         image.save(buf, format="PNG", pnginfo=info)
         return buf.getvalue()
+
+
+def _check_models(req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], loras: Mapping[str, LoraNetwork],
+                  embeddings: Mapping[str, Embedding]) -> None:
+    """Every model file the job needs is loaded and its numbers are sane; RequestError naming the job otherwise."""
+    s, job = req.settings, req.job_id
+    for net in s.hypernets:
+        if net.multiplier != 0 and net.sha256 not in hypernets:
+            raise RequestError(f"hypernetwork {net.name!r} ({net.sha256[:10]}) is not loaded", job)
+        if not math.isfinite(net.multiplier):
+            raise RequestError(f"the multiplier of {net.name!r} must be finite", job)
+    for lora in s.loras:
+        if not (math.isfinite(lora.te) and math.isfinite(lora.unet)):
+            raise RequestError(f"the multipliers of the LoRA {lora.name!r} must be finite", job)
+        if (lora.te != 0 or lora.unet != 0) and lora.sha256 not in loras:
+            raise RequestError(f"LoRA {lora.name!r} ({lora.sha256[:10]}) is not loaded", job)
+        if lora.dyn is not None and lora.dyn < 1:
+            raise RequestError(f"the dyn rank of the LoRA {lora.name!r} must be positive", job)
+    for embedding in s.embeddings:
+        if embedding.sha256 not in embeddings:
+            raise RequestError(f"embedding {embedding.name!r} ({embedding.sha256[:10]}) is not loaded", job)
 
 
 def _row_stop(should_stop: ShouldStop | None, rows: BatchRows) -> Callable[[Evaluation], bool | list[int]] | None:

@@ -6,7 +6,7 @@ import pytest
 
 from bot.advanced_options import AdvancedOptions
 from bot.config import LimitSettings
-from bot.options import SAMPLER_NAMES, OptionError, build_settings, size_choices, step_multiplier
+from bot.options import SAMPLER_NAMES, OptionError, build_settings, embedding_hints, size_choices, step_multiplier
 from bot.store import Hypernet
 from engine.render_settings import HypernetRef
 
@@ -125,3 +125,52 @@ def test_advanced_refusals_say_what_to_do(advanced: AdvancedOptions, message: st
     with pytest.raises(OptionError) as info:
         settings(advanced=advanced)
     assert str(info.value).startswith(message), str(info.value)
+
+
+# ---- LoRA tags ----------------------------------------------------------------------------------------------------
+
+
+LORAS = {"inkLines": row("inkLines", "1" * 64), "glow": row("glow", "2" * 64)}
+
+
+def test_lora_tags_resolve_to_their_files_with_a1111s_numbers() -> None:
+    s = settings(prompt="a cat <lora:inkLines:0.3:1.2> <hypernet:foo:0.5> <lyco:glow>", loras=LORAS)
+    assert [(x.name, x.sha256, x.te, x.unet, x.dyn) for x in s.loras] == [
+        ("inkLines", "1" * 64, 0.3, 1.2, None), ("glow", "2" * 64, 1.0, 1.0, None)]
+    assert s.hypernets == (HypernetRef("foo", "f" * 64, 0.5),)
+    assert s.encoder_prompt.split() == ["a", "cat"]
+
+
+@pytest.mark.parametrize(("prompt", "message"), [
+    ("a <lora:inklines:1>", "`<lora:inklines:1>` — there is no LoRA named `inklines` (names are case-sensitive); "
+                            "did you mean `inkLines`?"),
+    ("a <lora:glow:5>", "`<lora:glow:5>` — multiplier 5 is outside the allowed range -1 to 2."),
+    ("a <lora:glow:bright>", "`<lora:glow:bright>` — multiplier `bright` is not a number."),
+])
+def test_lora_refusals_say_what_to_do(prompt: str, message: str) -> None:
+    with pytest.raises(OptionError) as info:
+        settings(prompt=prompt, loras=LORAS)
+    assert str(info.value) == message
+
+
+def test_with_no_loras_installed_the_tag_says_so() -> None:
+    with pytest.raises(OptionError, match=r"no LoRAs are installed yet; `/loras list` shows what is available"):
+        settings(prompt="a <lora:glow:1>")
+
+
+# ---- embeddings ---------------------------------------------------------------------------------------------------
+
+
+EMBEDDINGS = {"EasyNegative": row("EasyNegative", "3" * 64), "inkStyle": row("inkStyle", "4" * 64)}
+
+
+def test_embeddings_named_in_either_prompt_go_with_the_job() -> None:
+    s = settings(prompt="a cat, inkstyle", negative_prompt="(easynegative:1.2)", embeddings=EMBEDDINGS)
+    assert [(e.name, e.sha256) for e in s.embeddings] == [("EasyNegative", "3" * 64), ("inkStyle", "4" * 64)]
+    assert settings(prompt="a cat", embeddings=EMBEDDINGS).embeddings == ()
+
+
+def test_a_word_one_edit_from_an_embedding_gets_a_hint() -> None:
+    assert embedding_hints("a cat, EasyNegativ, inkStyle", EMBEDDINGS) == (
+        "`EasyNegativ` is not an installed embedding; did you mean `EasyNegative`?",)
+    assert embedding_hints("a lighthouse at dusk", EMBEDDINGS) == ()

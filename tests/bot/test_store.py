@@ -21,7 +21,7 @@ from bot.store import (
     StoreError,
 )
 from engine.protocol import HypernetRef
-from engine.render_settings import LoraRef
+from engine.render_settings import EmbeddingRef, LoraRef
 from tests.requests import new_job as make_job
 
 
@@ -106,10 +106,11 @@ async def test_job_lifecycle(store: Store, clock: Clock) -> None:
 async def test_every_a1111_setting_reads_back(store: Store) -> None:
     fields = dict(sampler="DPM++ 2M", schedule="Karras", clip_skip=2, rng="NV", eta_noise_seed_delta=31337,
                   subseed=99, subseed_strength=0.25, seed_resize_from=(640, 448))
-    loras = (LoraRef("inkLines", "c" * 64, 0.3, 1.2), LoraRef("glow", "d" * 64, 0.8, 0.8, 4))
+    loras = (LoraRef("inkLines", "c" * 64, 0.3, 1.2, short_hash="0123456789ab"), LoraRef("glow", "d" * 64, 0.8, 0.8, 4))
+    embeddings = (EmbeddingRef("badHands", "e" * 64, "c74b4e810b03"), EmbeddingRef("inkStyle", "f" * 64))
     job = await store.jobs.create(new_job(prompt="a cat <lora:inkLines:0.3:1.2> <lora:glow:0.8:0.8:4>", loras=loras,
-                                          **fields, notes=("Not rendered: Hires upscale.",)))
-    assert job.settings.loras == loras
+                                          embeddings=embeddings, **fields, notes=("Not rendered: Hires upscale.",)))
+    assert job.settings.loras == loras and job.settings.embeddings == embeddings
     read = await store.jobs.get(job.id)
     assert read is not None and read.settings == job.settings and read.notes == ("Not rendered: Hires upscale.",)
     assert await store.jobs.mark_done(job.id, [], 1.0, ["engine warning"])

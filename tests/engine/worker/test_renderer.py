@@ -380,3 +380,26 @@ def test_infotext_carries_every_noise_field_a1111_writes(engine, nets):
     [ancestral] = engine.generate([request(eta_noise_seed_delta=31337)], nets)
     text = parse_infotext(Image.open(io.BytesIO(ancestral.pngs[0])).text["parameters"])
     assert text["ENSD"] == "31337" and "RNG" not in text and "Schedule type" not in text
+
+
+def test_jobs_of_two_guilds_may_give_one_embedding_name_to_different_files(engine, nets):
+    from engine.conditioning import Embedding
+    from engine.render_settings import EmbeddingRef
+
+    vectors = {d: torch.randn(2, width, generator=torch.Generator().manual_seed(seed)) for d, width, seed in (
+        ("1" * 64, 768, 1), ("2" * 64, 768, 2), ("3" * 64, 1024, 3))}
+    loaded = {d: Embedding(d, v) for d, v in vectors.items()}
+    guild_a = request(1, negative_prompt="(inkStyle:1.2)", embeddings=(EmbeddingRef("inkStyle", "1" * 64, "aaaaaaaaaaaa"),))
+    guild_b = request(2, negative_prompt="(inkStyle:1.2)", embeddings=(EmbeddingRef("inkStyle", "2" * 64, "bbbbbbbbbbbb"),))
+    sd2 = request(3, negative_prompt="wideOne", embeddings=(EmbeddingRef("wideOne", "3" * 64),))
+    batched = engine.generate([guild_a, guild_b, sd2], nets, embeddings=loaded)
+    for req, out in zip([guild_a, guild_b, sd2], batched, strict=True):
+        [alone] = engine.generate([req], nets, embeddings=loaded)
+        assert np.abs(pixels(alone.images[0]) - pixels(out.images[0])).max() <= 1
+    assert np.abs(pixels(batched[0].images[0]) - pixels(batched[1].images[0])).max() > 0
+    hashes = [parse_infotext(Image.open(io.BytesIO(o.pngs[0])).text["parameters"]).get("TI hashes") for o in batched]
+    assert hashes == ["inkStyle: aaaaaaaaaaaa", "inkStyle: bbbbbbbbbbbb", None]
+    assert batched[2].warnings == ["embedding 'wideOne' cannot be used with this model: vectors are 1024 wide, the text "
+                                   "encoder's are 768"]
+    with pytest.raises(RequestError, match=r"^embedding 'inkStyle' \(1111111111\) is not loaded$"):
+        engine.generate([guild_a], nets, embeddings={})
