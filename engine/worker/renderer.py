@@ -26,7 +26,6 @@ cancelled :class:`Cancelled` is raised.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import warnings
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from engine.conditioning import (
     ConditioningError,
@@ -63,6 +62,7 @@ from engine.sampling import (
 from engine.settings_infotext import settings_infotext
 from engine.worker.batch_rows import BatchRows, EmbeddingKey, embedding_key
 from engine.worker.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_device, resolve_dtype
+from engine.worker.images import decode_latents, png_bytes
 from engine.worker.unet_model import BatchUNet
 
 __all__ = ["MAX_SEED", "Cancelled", "RenderOutput", "Renderer", "RequestError"]
@@ -125,6 +125,7 @@ class Renderer:
         self.alphas_cumprod = alphas_cumprod_from_config(parts.scheduler_config)
         self.v_prediction = parts.scheduler_config.get("prediction_type", "epsilon") == "v_prediction"
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_chunk = 4  # images per VAE call (engine/worker/images.py)
         self.context_dim = int(self.unet.config.cross_attention_dim)
         self.attention_widths = frozenset(
             m.to_k.in_features for m in self.unet.modules() if _is_attention(m) and not m.is_cross_attention)
@@ -300,23 +301,12 @@ class Renderer:
             out += [w for w in loras[digest].warnings if w not in out]  # e.g. how a DoRA file was applied
         return out
 
-    def _decode(self, latent: torch.Tensor) -> Image.Image:
-        """One image at a time: bounded VAE memory, and a row's pixels do not depend on its batch-mates."""
-        cfg = self.vae.config
-        z = latent.unsqueeze(0) / cfg.scaling_factor
-        if getattr(cfg, "shift_factor", None):
-            z = z + cfg.shift_factor
-        pixels = self.vae.decode(z.to(self.vae.dtype)).sample[0].float()
-        if not bool(torch.isfinite(pixels).all()) and self.vae.dtype != torch.float32:
-            # Some VAEs overflow in half precision (A1111 then upcasts its VAE for good, and so do we).
-            self.vae.to(torch.float32)
-            pixels = self.vae.decode(z.float()).sample[0]
-        array = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(array, mode="RGB")
-
     def _finish(self, requests: Sequence[GenerateRequest], rows: BatchRows, latents: torch.Tensor, kept: set[int],
                 notes: Mapping[int, list[str]], encoders: Mapping[int, PromptEncoder]) -> list[RenderOutput]:
         outputs: list[RenderOutput] = []
+        wanted = [i for i in range(len(rows)) if i in kept]  # rows of jobs not cancelled, decoded together in chunks
+        pictures = decode_latents(self.vae, latents[wanted], chunk=self.vae_chunk) if wanted else []
+        by_row = dict(zip(wanted, pictures, strict=True))
         for req in requests:
             idx = [i for i in rows.of_job(req.job_id) if i in kept]
             if not idx:
@@ -326,21 +316,13 @@ class Renderer:
                                                          PromptRequest(s.negative_prompt, 1, s.clip_skip, positive=False)])
             known = {e.name: e.short_hash for e in s.embeddings}
             hashes = [(e.name, h) for e in used if (h := known.get(e.name) or e.short_hash)]
-            images = [self._decode(latents[i]) for i in idx]
-            pngs = [self._png(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
+            images = [by_row[i] for i in idx]
+            pngs = [png_bytes(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
                                                        embeddings=hashes))
                     for k, image in enumerate(images)]
             outputs.append(RenderOutput(req.job_id, images, pngs, [rows.rows[i].seed.seed for i in idx],
                                         list(notes[req.job_id])))
         return outputs
-
-    @staticmethod
-    def _png(image: Image.Image, parameters: str) -> bytes:
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", parameters)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=info)
-        return buf.getvalue()
 
 
 def _check_models(req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], loras: Mapping[str, LoraNetwork],
