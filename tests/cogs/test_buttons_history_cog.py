@@ -136,6 +136,21 @@ async def test_multiplier_plus_and_minus_keep_the_seed(hc: Harness, nets) -> Non
     assert up.settings.prompt == "a tree <hypernet:waterElemental:0.8> <hypernet:fireSpirit:1>"
 
 
+async def test_buttons_keep_every_a1111_setting(hc: Harness, nets) -> None:
+    fake = hc.fake
+    msg, parent = await _result(hc, fake.member_plain, {
+        "prompt": "a boat <hypernet:waterElemental:0.7>", "steps": 2, "seed": 5, "sampler": "DPM++ 2M",
+        "schedule": "Karras", "clip_skip": 2, "variation_seed": 8, "variation_strength": 0.3})
+    reroll = await hc.store.jobs.get(job_id_of(await hc.wait_result(await fake.click(fake.member_plain, msg,
+                                                                                      label="Reroll"))))
+    assert reroll.settings == dataclasses.replace(parent.settings, seed=reroll.settings.seed)
+    plus = await hc.store.jobs.get(job_id_of(await hc.wait_result(await fake.click(fake.member_plain, msg,
+                                                                                    label="+ waterElemental"))))
+    assert plus.settings == parent.settings.with_multipliers([0.8])
+    assert (plus.settings.schedule, plus.settings.clip_skip, plus.settings.subseed, plus.settings.subseed_strength) == (
+        "Karras", 2, 8, 0.3)
+
+
 async def test_buttons_are_disabled_at_the_configured_bounds(hc: Harness, nets) -> None:
     msg, _ = await _result(hc, hc.fake.member_plain, {
         "prompt": "bounds <hypernet:waterElemental:2> <hypernet:fireSpirit:-1>", "steps": 1})
