@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.names import name_problem
+
 ENV_PREFIX = "HYPERCORD_"
 CONFIG_ENV = "HYPERCORD_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"
@@ -81,6 +83,30 @@ class ModelSettings:
     store_dir: str = _opt("models/store")
     checkpoint: str = _opt("stable-diffusion-v1-5/stable-diffusion-v1-5")
     model_name: str = _opt("")
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One checkpoint the owner installs by name (``[checkpoints.models.NAME]``); empty/0 values mean "not set"."""
+
+    source: str = _opt("")  # a .safetensors file, a diffusers folder, a hub id, or "tiny"
+    display_name: str = _opt("")
+    vae: str = _opt("")  # a VAE .safetensors (A1111's models/VAE), "" = the checkpoint's own
+    prediction: str = _opt("auto", choices=("auto", "epsilon", "v_prediction"))
+    sampler: str = _opt("")
+    steps: int = _opt(0, min=0, max=500)
+    cfg_scale: float = _opt(0.0, min=0, max=30)
+    width: int = _opt(0, min=0, max=4096)
+    height: int = _opt(0, min=0, max=4096)
+    clip_skip: int = _opt(0, min=0, max=12)
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    folder: str = _opt("models/checkpoints")  # A1111's drop-in folder of single files and diffusers folders
+    vae_folder: str = _opt("models/VAE")
+    default: str = _opt("")  # the name used when a server has chosen none ("" = models.checkpoint)
+    models: dict[str, CheckpointEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +173,7 @@ class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -176,6 +203,19 @@ def _describe(value: Any) -> str:
 def _coerce(path: str, expected: Any, value: Any) -> Any:
     """Check ``value`` against the annotated type; ints are accepted where floats are expected."""
     origin = typing.get_origin(expected)
+    if origin is dict:  # a table of named sub-tables, e.g. [checkpoints.models.NAME]
+        entry_type = typing.get_args(expected)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{path}` must be a table of named tables ([{path}.NAME]), got {_describe(value)}")
+        out = {}
+        for name, table in value.items():
+            problem = name_problem(name)
+            if problem is not None:
+                raise ConfigError(f"`{path}.{name}`: `{name}` cannot be a name ({problem})")
+            if not isinstance(table, dict):
+                raise ConfigError(f"`{path}.{name}` must be a table ([{path}.{name}]), got {_describe(table)}")
+            out[name] = _build_section(f"{path}.{name}", entry_type, table)
+        return out
     if origin is list:
         (item_type,) = typing.get_args(expected)
         if not isinstance(value, list):
@@ -262,6 +302,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if key not in hints:
             raise ConfigError(f"environment variable {name}: unknown key `{section}.{key}` "
                               f"(expected one of: {', '.join(hints)})")
+        if typing.get_origin(hints[key]) is dict:
+            raise ConfigError(f"environment variable {name}: `{section}.{key}` is a table of tables; set it in the "
+                              "config file")
         out.setdefault(section, {})[key] = _parse_env_value(f"{section}.{key}", hints[key], text)
     return out
 

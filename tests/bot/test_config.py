@@ -47,7 +47,8 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ("[engine]\ndevcie = 'cpu'\n",
      "unknown key `engine.devcie` (expected one of: device, dtype, hypernet_dtype, max_batch, hypernet_cache_mb, "
      "progress_interval_s, heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s)"),
-    ("[engin]\n", "unknown section `[engin]` (expected one of: discord, storage, models, intake, engine, limits, logging)"),
+    ("[engin]\n", "unknown section `[engin]` (expected one of: discord, storage, models, checkpoints, intake, engine, "
+                   "limits, logging)"),
     ("[engine]\nmax_batch = 'four'\n", '`engine.max_batch` must be an integer, got string "four"'),
     ("[engine]\nmax_batch = 2.5\n", "`engine.max_batch` must be an integer, got number 2.5"),
     ("[engine]\ndevice = 'gpu'\n", '`engine.device` must be one of auto, cuda, cpu; got "gpu"'),
@@ -97,7 +98,7 @@ def test_job_timeout_reaches_the_engine_client(tmp_path: Path) -> None:
      "(expected one of: device, dtype, hypernet_dtype, max_batch, hypernet_cache_mb, progress_interval_s, "
      "heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s)"),
     ({"HYPERCORD_ENGINEDEVICE": "cpu"}, "environment variable HYPERCORD_ENGINEDEVICE does not name a setting (use "
-     "HYPERCORD_<SECTION>__<KEY>, sections: discord, storage, models, intake, engine, limits, logging)"),
+     "HYPERCORD_<SECTION>__<KEY>, sections: discord, storage, models, checkpoints, intake, engine, limits, logging)"),
 ])
 def test_environment_errors(tmp_path: Path, environ: dict[str, str], message: str) -> None:
     assert load_error(tmp_path, "", environ) == f"{tmp_path / 'config.toml'}: {message}"
@@ -137,3 +138,34 @@ def test_cli_check_config_redacts_and_exits(tmp_path: Path) -> None:
     bad = run_cli(tmp_path, "--check-config", env={"HYPERCORD_ENGINE__DEVICE": "gpu"})
     assert bad.returncode == 1
     assert bad.stderr.strip() == 'error: configuration: `engine.device` must be one of auto, cuda, cpu; got "gpu"'
+
+
+def test_checkpoints_are_named_tables_with_their_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, """
+[checkpoints]
+default = "anything-v3"
+[checkpoints.models.anything-v3]
+source = "models/checkpoints/anything-v3.safetensors"
+clip_skip = 2
+cfg_scale = 7
+[checkpoints.models.v1-5]
+source = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+"""), environ={})
+    models = settings.checkpoints.models
+    assert list(models) == ["anything-v3", "v1-5"] and settings.checkpoints.default == "anything-v3"
+    assert (models["anything-v3"].clip_skip, models["anything-v3"].cfg_scale, models["v1-5"].prediction) == (2, 7.0, "auto")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[checkpoints.models.x]\nclip_skip = 13\n", "`checkpoints.models.x.clip_skip` must be at most 12; got 13"),
+    ("[checkpoints.models.x]\nsorce = 'a'\n", "unknown key `checkpoints.models.x.sorce` (expected one of: source,"),
+    ("[checkpoints]\nmodels = 3\n", "`checkpoints.models` must be a table of named tables ([checkpoints.models.NAME])"),
+    ('[checkpoints.models."a b"]\nsource = "x"\n', "`checkpoints.models.a b`: `a b` cannot be a name (model names"),
+])
+def test_checkpoint_entries_are_checked_with_their_path(tmp_path: Path, text: str, message: str) -> None:
+    assert message in load_error(tmp_path, text)
+
+
+def test_checkpoint_tables_cannot_come_from_the_environment(tmp_path: Path) -> None:
+    assert "`checkpoints.models` is a table of tables; set it in the config file" in load_error(
+        tmp_path, "", environ={"HYPERCORD_CHECKPOINTS__MODELS": "x"})
