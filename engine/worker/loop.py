@@ -4,6 +4,8 @@ Why a separate process: a CUDA fault or a leak must never take the bot down, and
 or hangs can be replaced with a clean one.  Started by the engine client as ``python -m engine.worker
 --fd N`` (:mod:`engine.worker.__main__`) with a scrubbed environment (no bot token); ``N`` is its end of a
 socket pair carrying pickled ``engine.protocol`` envelopes.  The first message it reads is its ``WorkerConfig``.
+A standalone worker (``--redis URL``) gets the same messages through :mod:`engine.worker.redis_endpoint`, and
+missing hypernet files through a ``ModelSource`` (:mod:`engine.worker.model_fetch`).
 
 Threads: the main thread loads the checkpoint once and runs batches; a reader thread takes messages
 while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
@@ -27,7 +29,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -73,11 +75,18 @@ class Endpoint(Protocol):
     def recv(self) -> object: ...
 
 
+class ModelSource(Protocol):
+    """Makes missing hypernet files available in the store (standalone workers fetch them from the bot)."""
+
+    def ensure(self, digests: Iterable[str]) -> None: ...
+
+
 class Worker:
     """One worker's state: the loaded renderer, the hypernet cache, and the endpoint to the client."""
 
-    def __init__(self, conn: Endpoint, config: WorkerConfig, faults: Faults) -> None:
+    def __init__(self, conn: Endpoint, config: WorkerConfig, faults: Faults, models: ModelSource | None = None) -> None:
         self._conn = conn
+        self._models = models
         self._config = config
         self._faults = faults
         self._send_lock = threading.Lock()
@@ -192,6 +201,8 @@ class Worker:
         for req in requests:
             used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
             try:
+                if self._models is not None:
+                    self._models.ensure(ref.sha256 for ref in used)
                 out[req.job_id] = cache.get_many(ref.sha256 for ref in used)
             except InvalidModelFile as exc:
                 self._fail(req, FailureKind.BAD_REQUEST, exc.message)
