@@ -17,9 +17,33 @@ from dataclasses import dataclass, field
 from engine.render_settings import HypernetRef, RenderSettings
 
 __all__ = [
-    "PROTOCOL_VERSION", "TERMINAL_EVENTS", "BatchClaimed", "BatchDone", "Cancel", "Envelope", "Failure", "FailureKind",
-    "FetchModel", "FleetConfig", "GenerateRequest", "Health", "Hello", "HypernetRef", "JobEvent", "Ping", "Progress",
-    "Queued", "RenderSettings", "Result", "Shutdown", "Started", "SubmitBatch", "WorkerConfig", "WorkerInfo", "wrap",
+    "PROTOCOL_VERSION",
+    "TERMINAL_EVENTS",
+    "BatchClaimed",
+    "BatchDone",
+    "Cancel",
+    "Envelope",
+    "Failure",
+    "FailureKind",
+    "FetchModel",
+    "FleetConfig",
+    "GenerateRequest",
+    "Health",
+    "Hello",
+    "HypernetRef",
+    "JobEvent",
+    "ModelBlob",
+    "Ping",
+    "Progress",
+    "Queued",
+    "RenderSettings",
+    "Result",
+    "Shutdown",
+    "Started",
+    "SubmitBatch",
+    "WorkerConfig",
+    "WorkerInfo",
+    "wrap",
 ]
 
 PROTOCOL_VERSION = 2
@@ -270,3 +294,16 @@ class FetchModel:
 
     sha256: str
     worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBlob:
+    """bot -> worker (at ``P:blob:<sha256>``): a canonical hypernet file and the sha256 of exactly these bytes.
+
+    ``sha256`` is the model's key (the hash of the file as uploaded, which names it in the store); the canonical
+    safetensors differ from that upload, so ``content_sha256`` is what the worker checks the bytes against.
+    """
+
+    sha256: str
+    content_sha256: str
+    data: bytes

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import re
@@ -46,6 +47,7 @@ from engine.protocol import (
     FetchModel,
     FleetConfig,
     GenerateRequest,
+    ModelBlob,
     Progress,
     Result,
     Started,
@@ -144,7 +146,8 @@ class RedisEngineClient(JobBook):
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.wait(self._tasks, timeout=5)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks = []
         for job in list(self._running.values()):
             self._terminal(job, Failure(job.job_id, FailureKind.SHUTDOWN, "The bot stopped before this job finished.",
@@ -336,7 +339,8 @@ class RedisEngineClient(JobBook):
             log.warning("worker %s asked for hypernet %s, which this bot does not have", msg.worker, msg.sha256[:64])
             return
         data = await asyncio.to_thread(path.read_bytes)
-        await self._r.set(self._layout.blob(msg.sha256), data, ex=BLOB_TTL_S)
+        blob = ModelBlob(msg.sha256, hashlib.sha256(data).hexdigest(), data)
+        await self._r.set(self._layout.blob(msg.sha256), encode(blob), ex=BLOB_TTL_S)
         log.info("sent hypernet %s (%d bytes) to worker %s", msg.sha256[:12], len(data), msg.worker)
 
     # ---- helpers --------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Why here and like this: workers on other machines do not share the bot's model store unless the owner mounts it
 (then every file is simply there).  Otherwise the worker asks the bot of the running batch for the canonical file
-(``FetchModel``); the bot puts its bytes under ``P:blob:<sha256>`` and the worker accepts them only if their
-sha256 is the digest it asked for — a file that does not match is refused, never written.  The files are our
-canonical safetensors (:mod:`engine.hypernet.canonical`); nothing fetched is ever unpickled.  Torch-free.
+(``FetchModel``); the bot puts a :class:`engine.protocol.ModelBlob` under ``P:blob:<sha256>`` and the worker accepts
+it only if it is the model asked for and its bytes hash to the ``content_sha256`` the bot stated — anything else
+is refused, never written.  (The store key is the hash of the file as uploaded, A1111's hash; the canonical file
+made from it has other bytes, so the bot states their hash.)  The files are our canonical safetensors
+(:mod:`engine.hypernet.canonical`), read by the cache with safetensors only: nothing fetched is ever unpickled.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from engine.codec import CodecError, decode
 from engine.errors import InvalidModelFile
+from engine.protocol import ModelBlob
 from engine.worker.hypernet_cache import store_path
 
 __all__ = ["HASH_MISMATCH", "NOT_RECEIVED", "ModelFetcher"]
@@ -44,13 +48,26 @@ class ModelFetcher:
                 continue
             log.info("hypernet %s is not in %s: asking the bot for it", digest[:12], self._store_dir)
             self._request(digest)
-            data = self._receive(digest, self._timeout_s)
-            if data is None:
+            raw = self._receive(digest, self._timeout_s)
+            if raw is None:
                 raise InvalidModelFile(NOT_RECEIVED)
-            if hashlib.sha256(data).hexdigest() != digest:
-                log.error("refused hypernet %s: the bytes received hash to something else", digest[:12])
-                raise InvalidModelFile(HASH_MISMATCH)
-            _write_atomically(path, data)
+            _write_atomically(path, _checked(raw, digest))
+
+
+def _checked(raw: bytes, digest: str) -> bytes:
+    """The file's bytes from a published blob, if it is the model asked for and its bytes hash as stated."""
+    try:
+        blob = decode(raw)
+    except CodecError as exc:
+        log.error("refused hypernet %s: the blob cannot be read (%s)", digest[:12], exc)
+        raise InvalidModelFile(HASH_MISMATCH) from None
+    if not isinstance(blob, ModelBlob) or blob.sha256 != digest:
+        log.error("refused hypernet %s: the blob holds another model", digest[:12])
+        raise InvalidModelFile(HASH_MISMATCH)
+    if hashlib.sha256(blob.data).hexdigest() != blob.content_sha256:
+        log.error("refused hypernet %s: the bytes received do not hash to the stated sha256", digest[:12])
+        raise InvalidModelFile(HASH_MISMATCH)
+    return blob.data
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -238,6 +238,7 @@ class RedisEndpoint:
                 self._answered.add(message.job_id)
             if isinstance(message, Result):
                 self._info = replace(self._info, jobs_done=self._info.jobs_done + 1)
+                log.info("job %d done: %d images sent to bot %s", message.job_id, len(message.images), entry.bot)
         if done:
             with self._lock:
                 self._entry = None

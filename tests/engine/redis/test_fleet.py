@@ -26,9 +26,19 @@ import redis.asyncio as aioredis
 
 from engine.client import BROKER_DOWN, JobHandle, RedisEngineClient
 from engine.client.redis_layout import RedisLayout
-from engine.codec import decode
+from engine.codec import decode, encode
 from engine.errors import WorkerUnavailable
-from engine.protocol import Failure, FailureKind, GenerateRequest, HypernetRef, Progress, Result, Started, WorkerConfig
+from engine.protocol import (
+    Failure,
+    FailureKind,
+    GenerateRequest,
+    HypernetRef,
+    ModelBlob,
+    Progress,
+    Result,
+    Started,
+    WorkerConfig,
+)
 from engine.worker.model_fetch import HASH_MISMATCH
 from tests.engine.redis.fleet import Fleet, RedisServer
 from tests.requests import request
@@ -202,16 +212,18 @@ async def test_worker_fetches_a_missing_hypernet_and_checks_its_hash(env: Any) -
     assert len(result.images) == 1
     fetched = [fleet.store(w) / f"{net.sha256}.safetensors" for w in ("w1", "w2")]
     have = [p for p in fetched if p.is_file()]
-    assert have and all(hashlib.sha256(p.read_bytes()).hexdigest() == net.sha256 for p in have)
+    assert have and all(p.read_bytes() == (store / f"{net.sha256}.safetensors").read_bytes() for p in have)
 
-    # A store file whose bytes do not hash to its name (corrupted on the bot's side): the worker refuses it.
-    fake = hashlib.sha256(b"not this file").hexdigest()
-    shutil.copyfile(store / f"{net.sha256}.safetensors", store / f"{fake}.safetensors")
-    bad = HypernetRef(name=net.name, sha256=fake, multiplier=1.0)
+    # A blob whose bytes do not hash to what it states (corrupted or tampered with in Redis): refused, not written.
+    forged = hashlib.sha256(b"another model").hexdigest()
+    data = (store / f"{net.sha256}.safetensors").read_bytes()
+    blob = ModelBlob(forged, hashlib.sha256(data).hexdigest(), data[:-1] + bytes([data[-1] ^ 1]))
+    await env["redis"].set(RedisLayout(PREFIX).blob(forged), encode(blob))
+    bad = HypernetRef(name=net.name, sha256=forged, multiplier=1.0)
     outcome = (await collect(client.submit(req(41, "tampered", hypernets=(bad,))), 90))[-1]
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.BAD_REQUEST
     assert outcome.message == HASH_MISMATCH
-    assert not any((fleet.store(w) / f"{fake}.safetensors").exists() for w in ("w1", "w2"))
+    assert not any((fleet.store(w) / f"{forged}.safetensors").exists() for w in ("w1", "w2"))
 
 
 async def test_bot_restarted_while_workers_finish_its_jobs_gets_the_results(env: Any) -> None:
