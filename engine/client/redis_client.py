@@ -33,10 +33,11 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from engine.client.fair_queue import QueuedJob
+from engine.client.fleet_status import fleet_status, worker_state
 from engine.client.handle import JobHandle
 from engine.client.jobbook import JobBook
 from engine.client.redis_layout import BOT_GROUP, NAME_RULE, WORKER_GROUP, RedisLayout
-from engine.client.status import EngineStatus, WorkerStatus
+from engine.client.status import EngineStatus
 from engine.codec import CodecError, decode, encode
 from engine.errors import WorkerUnavailable
 from engine.protocol import (
@@ -185,21 +186,12 @@ class RedisEngineClient(JobBook):
         return True
 
     def status(self) -> EngineStatus:
-        now = time.time()
-        listed = tuple(self._worker_status(info, now) for _, info in sorted(self._workers.items()))
-        live = [self._workers[w.name] for w in listed if w.state in ("ready", "busy")]
-        first = live[0] if live else None
-        state = "ready" if live else "no workers"
-        return EngineStatus(
-            state=state if self._broker_ok else "broker down", pid=None,
-            device=", ".join(sorted({w.device for w in live})), checkpoint=first.checkpoint if first else
-            self.config.checkpoint, dtype=first.dtype if first else "", context_dim=first.context_dim if first else None,
-            attention_widths=first.attention_widths if first else (), queue_length=self._queue.queued,
-            running=len(self._running), users_queued=self._queue.users_queued(), jobs_done=self._done,
-            jobs_failed=self._failed, images_per_s=self._images_per_s, avg_step_s=self._avg_step_s,
-            cache_bytes=sum(w.hypernet_cache_bytes for w in live), vram_used_bytes=sum(w.vram_used_bytes for w in live),
-            cache_contents=tuple(sorted({n for w in live for n in w.hypernet_cache_names})),
-            uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0, restarts=0, workers=listed)
+        workers = sorted(self._workers.values(), key=lambda w: w.name)
+        return fleet_status(self.config, workers, time.time(), self._hb_timeout, broker_ok=self._broker_ok,
+                            queue_length=self._queue.queued, running=len(self._running),
+                            users_queued=self._queue.users_queued(), jobs_done=self._done, jobs_failed=self._failed,
+                            images_per_s=self._images_per_s, avg_step_s=self._avg_step_s,
+                            uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0)
 
     def worker_of(self, job_id: int) -> str | None:
         """The worker that claimed a running job (None while it is queued or unknown)."""
@@ -233,8 +225,8 @@ class RedisEngineClient(JobBook):
     async def _dispatch_to(self, name: str) -> None:
         raw = await self._r.hget(self._layout.workers, name)
         info = _decode_as(raw, WorkerInfo)
-        if info is None or self._worker_state(info, time.time()) != "ready":
-            return  # a stale name (the worker is gone or busy): dropped
+        if info is None or worker_state(info, time.time(), self._hb_timeout) not in ("ready", "busy"):
+            return  # a stale name (the worker is gone or stopped): dropped; "busy" may be a registry lagging behind
         jobs = self._queue.next_batch(info.max_batch)
         if not jobs:
             await self._r.lpush(self._layout.idle, name)
@@ -355,18 +347,6 @@ class RedisEngineClient(JobBook):
                 continue
             infos[info.name] = info
         self._workers = infos
-
-    def _worker_state(self, info: WorkerInfo, now: float) -> str:
-        if info.state == "stopped":
-            return "stopped"
-        if now - info.heartbeat_at > self._hb_timeout:
-            return "gone"
-        return "busy" if info.busy and info.state == "ready" else info.state
-
-    def _worker_status(self, info: WorkerInfo, now: float) -> WorkerStatus:
-        return WorkerStatus(name=info.name, state=self._worker_state(info, now), device=info.device,
-                            checkpoint=info.checkpoint, max_batch=info.max_batch, jobs_done=info.jobs_done,
-                            heartbeat_age_s=max(0.0, now - info.heartbeat_at), pid=info.pid, host=info.host)
 
     async def _expire_adopted(self) -> None:
         """Adopted jobs the job service never re-submitted (it gave up on them): forget them and their answers."""

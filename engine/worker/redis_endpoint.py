@@ -240,12 +240,12 @@ class RedisEndpoint:
                 self._info = replace(self._info, jobs_done=self._info.jobs_done + 1)
                 log.info("job %d done: %d images sent to bot %s", message.job_id, len(message.images), entry.bot)
         if done:
+            self._info = replace(self._info, busy=False)
+            self._publish_info()  # before asking for more, so a bot reading the registry sees it idle
             with self._lock:
                 self._entry = None
                 if not self._stopping.is_set():
                     self._idle.set()
-            self._info = replace(self._info, busy=False)
-            self._publish_info()
 
     # ---- helpers --------------------------------------------------------------------------------
 
