@@ -8,9 +8,9 @@ middle of the burst (it is restarted, like a container would be).
 
 Figures per round (one JSON line on stdout): ``jobs_per_s`` (finished images over the time from the first command
 to the last image), ``latency_s`` (each command -> its image: p50/p95), ``lost`` (commands with no image nor clear
-failure at the end + database rows not finished) and ``duplicated`` (jobs answered by the workers more than
-once, counted from the workers' own logs: one "job N done" line per result sent), and ``scaling`` (jobs/s over
-the one-worker round).
+failure at the end + database rows not finished), ``duplicated`` (jobs answered by the workers more than once,
+counted from the workers' own logs: one "job N done" line per result sent), ``batches_taken_over`` (batches of a
+lost worker claimed by another) and ``scaling`` (jobs/s over the one-worker round).
 
 On a 2-core machine the workers compete for the same two cores (each renders with one thread), so the ratio says
 how much the fleet's overhead costs rather than what more GPUs give; what must hold in every round is lost = 0 and
@@ -85,7 +85,9 @@ async def one_round(args: argparse.Namespace, root: Path, server: RedisServer, w
             await wait_for(lambda: _ready(raw, prefix, workers), 180, f"{workers} ready workers")
             await asyncio.sleep(2.0)  # the bot reads the registry each heartbeat
             figures = await drive(args, fake, members, list(models), fleet if kill else None)
-            renders = collections.Counter(int(job) for name in fleet.procs for job in DONE_LINE.findall(fleet.log(name)))
+            logs = [fleet.log(name) for name in fleet.procs]
+            renders = collections.Counter(int(job) for text in logs for job in DONE_LINE.findall(text))
+            taken_over = sum(text.count("took over batch entry") for text in logs)
         finally:
             await bot.stop()
             await fleet.stop_all()
@@ -93,7 +95,7 @@ async def one_round(args: argparse.Namespace, root: Path, server: RedisServer, w
     db = db_status_counts(bot.database)
     unfinished = sum(n for status, n in db.items() if status not in ("done", "failed", "cancelled"))
     return {"workers": workers, "killed_one": kill, **figures, "lost": figures.pop("pending") + unfinished,
-            "duplicated": sum(n - 1 for n in renders.values() if n > 1), "db_jobs": db}
+            "duplicated": sum(n - 1 for n in renders.values() if n > 1), "batches_taken_over": taken_over, "db_jobs": db}
 
 
 async def _ready(raw: aioredis.Redis, prefix: str, n: int) -> bool:

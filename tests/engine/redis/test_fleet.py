@@ -272,6 +272,23 @@ async def test_status_lists_every_worker_and_marks_a_stopped_one_gone(env: Any) 
     await until(lambda: {w.name: w.state for w in client.status().workers}.get("w2") in ("ready", "busy"), 15, "w2 back")
 
 
+async def test_cancel_reaches_the_worker_rendering_the_job(env: Any) -> None:
+    client = env["client"]
+    await ready_workers(client)
+    running = client.submit(req(80, "@SLOW@ cancelled while rendering", steps=30))
+    queued_behind = [client.submit(req(81, "@SLOW@ keeps a worker", steps=30)) for _ in range(2)]
+    await asyncio.wait_for(_first_progress(running), 60)
+    worker = client.worker_of(running.job_id)
+    assert worker in ("w1", "w2") and client.cancel(running.job_id)
+    outcome = (await collect(running, 30))[-1]
+    assert isinstance(outcome, Failure) and (outcome.kind, outcome.message) == (FailureKind.CANCELLED, "Cancelled.")
+    for handle in queued_behind:  # one queued, one on the other worker: both cancelled, wherever they are
+        assert client.cancel(handle.job_id)
+    ends = [(await collect(h, 30))[-1] for h in queued_behind]
+    assert [e.kind for e in ends] == [FailureKind.CANCELLED] * 2
+    assert client.results[running.job_id] == 0
+
+
 async def test_redis_stopped_and_restarted_mid_run_loses_no_job(env: Any) -> None:
     client, server = env["client"], env["server"]
     await ready_workers(client)
