@@ -106,6 +106,7 @@ class RedisEngineClient(JobBook):
         """Connect, publish the fleet settings, adopt jobs a previous process handed out; workers may come later."""
         if self._tasks:
             return
+        self._closing = False
         self._r = aioredis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
         deadline = time.monotonic() + self._start_timeout
         while True:

@@ -140,6 +140,15 @@ class WorkStream:
             self._finish(pipe, entry.entry_id)
         pipe.execute()
 
+    def release(self, entry: Entry) -> None:
+        """Hand back an entry this worker took but will not render (it is stopping): re-queued, the attempt uncounted."""
+        pipe = self._r.pipeline(transaction=True)
+        todo = tuple(r for r in entry.batch.requests if r.job_id in entry.todo)
+        pipe.xadd(self._layout.work, {"bot": entry.bot, "attempt": str(entry.attempt),
+                                      "body": encode(SubmitBatch(entry.batch.batch_id, todo))})
+        self._finish(pipe, entry.entry_id)
+        pipe.execute()
+
     def finish(self, entry_id: str) -> None:
         pipe = self._r.pipeline(transaction=True)
         self._finish(pipe, entry_id)

@@ -17,6 +17,7 @@ Threads (the batch loop's main thread is never blocked by Redis):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -157,7 +158,9 @@ class RedisEndpoint:
                     self._r.rpush(self._layout.idle, self._name)
                 self._mark_connected()
                 entry = self._stream.take_new(block_ms=1000)
-            if entry is not None and not self._stopping.is_set():
+            if entry is not None and self._stopping.is_set():
+                self._call(functools.partial(self._stream.release, entry))
+            elif entry is not None:
                 self._begin(entry)
 
     def _begin(self, entry: Entry) -> None:
@@ -208,7 +211,7 @@ class RedisEndpoint:
 
     def _send_loop(self) -> None:
         while (message := self._outbox.get()) is not None:
-            self._call(lambda m=message: self._deliver(m))  # type: ignore[misc]
+            self._call(functools.partial(self._deliver, message))
 
     def _deliver(self, message: object) -> None:
         if isinstance(message, Hello):

@@ -47,8 +47,10 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hypernetworks"
 PREFIX = "test"
-FAULTS = {"crash_marker": "@CRASH@", "slow_marker": "@SLOW@", "slow_step_s": 0.3}
+FAULTS = {"crash_marker": "@CRASH@", "slow_marker": "@SLOW@", "slow_step_s": 0.3, "hang_marker": "@HANG@",
+          "hang_s": 120.0}
 LEASE_S = 2.0
+JOB_TIMEOUT_S = 10.0  # the workers' render time limit (from the client's fleet settings)
 _ids = itertools.count(5000)
 
 
@@ -73,7 +75,8 @@ def make_client(url: str, store: Path, bot_id: str = "b1") -> CountingClient:
     config = WorkerConfig(checkpoint="tiny", device="cpu", dtype="float32", max_batch=2, model_store_dir=str(store),
                           progress_interval_s=0.0)
     client = CountingClient(config, url, bot_id=bot_id, prefix=PREFIX, max_queue=30, max_per_user=12, lease_s=LEASE_S,
-                            heartbeat_interval_s=0.3, heartbeat_timeout_s=3.0, start_timeout_s=20.0)
+                            heartbeat_interval_s=0.3, heartbeat_timeout_s=3.0, start_timeout_s=20.0,
+                            job_timeout_s=JOB_TIMEOUT_S)
     client.results = collections.Counter()
     return client
 
@@ -202,6 +205,20 @@ async def test_job_that_kills_every_worker_is_dead_lettered(env: Any) -> None:
     assert "its worker was lost 2 times" in reasons
     buried = [decode(fields[b"body"]) for _, fields in dead]
     assert any(handle.job_id in [r.job_id for r in b.requests] for b in buried)  # type: ignore[attr-defined]
+
+
+async def test_a_stuck_render_times_out_on_its_worker(env: Any) -> None:
+    client, fleet = env["client"], env["fleet"]
+    await ready_workers(client)
+    handle = client.submit(req(35, "@HANG@ stuck"))
+    stuck = await until(lambda: client.worker_of(handle.job_id), 60, "a worker to claim the job")
+    starts = fleet.starts[stuck]
+    outcome = (await collect(handle, JOB_TIMEOUT_S + 20))[-1]
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMEOUT
+    assert (outcome.message, outcome.hint) == ("The render took longer than 10 s and was stopped.",
+                                               "Try fewer steps, a smaller size or fewer images.")
+    await until(lambda: fleet.starts[stuck] == starts + 1, 15, "the stuck worker to exit and be restarted")
+    assert "ran past the 10 s render time limit" in fleet.log(stuck)
 
 
 async def test_worker_fetches_a_missing_hypernet_and_checks_its_hash(env: Any) -> None:
