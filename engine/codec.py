@@ -18,14 +18,16 @@ import enum
 import functools
 import types
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
 from engine import protocol
 from engine.protocol import PROTOCOL_VERSION
 
-__all__ = ["CodecError", "decode", "encode", "message_types"]
+__all__ = ["CodecError", "decode", "decode_as", "encode", "message_types"]
+
+T = TypeVar("T")
 
 
 class CodecError(ValueError):
@@ -62,6 +64,17 @@ def decode(data: bytes) -> object:
     if cls is None:
         raise CodecError(f"unknown message type {raw['t']!r}")
     return _from_wire(cls, raw["m"], raw["t"])
+
+
+def decode_as(data: bytes | None, cls: type[T]) -> T | None:
+    """The message in ``data`` if it is a ``cls``; None for nothing, another type or what cannot be decoded."""
+    if data is None:
+        return None
+    try:
+        value = decode(data)
+    except CodecError:
+        return None
+    return value if isinstance(value, cls) else None
 
 
 def _to_wire(value: Any) -> Any:

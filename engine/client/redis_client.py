@@ -38,7 +38,7 @@ from engine.client.handle import JobHandle
 from engine.client.jobbook import JobBook
 from engine.client.redis_layout import BOT_GROUP, NAME_RULE, WORKER_GROUP, RedisLayout
 from engine.client.status import EngineStatus
-from engine.codec import CodecError, decode, encode
+from engine.codec import CodecError, decode, decode_as, encode
 from engine.errors import WorkerUnavailable
 from engine.protocol import (
     BatchClaimed,
@@ -225,7 +225,7 @@ class RedisEngineClient(JobBook):
 
     async def _dispatch_to(self, name: str) -> None:
         raw = await self._r.hget(self._layout.workers, name)
-        info = _decode_as(raw, WorkerInfo)
+        info = decode_as(raw, WorkerInfo)
         if info is None or worker_state(info, time.time(), self._hb_timeout) not in ("ready", "busy"):
             return  # a stale name (the worker is gone or stopped): dropped; "busy" may be a registry lagging behind
         jobs = self._queue.next_batch(info.max_batch)
@@ -342,7 +342,7 @@ class RedisEngineClient(JobBook):
         raw = await self._r.hgetall(self._layout.workers)
         now, infos = time.time(), {}
         for name, value in raw.items():
-            info = _decode_as(value, WorkerInfo)
+            info = decode_as(value, WorkerInfo)
             if info is None or now - info.heartbeat_at > FORGET_GONE_S + self._hb_timeout:
                 await self._r.hdel(self._layout.workers, name)
                 continue
@@ -391,13 +391,3 @@ class RedisEngineClient(JobBook):
         except REDIS_ERRORS as exc:
             log.warning("a Redis write failed (%s)", exc)
 
-
-def _decode_as(raw: bytes | None, cls: type[Any]) -> Any:
-    """``raw`` decoded if it is a ``cls``, else None (a registry entry of another build is skipped)."""
-    if raw is None:
-        return None
-    try:
-        value = decode(raw)
-    except CodecError:
-        return None
-    return value if isinstance(value, cls) else None

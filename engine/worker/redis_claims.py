@@ -205,19 +205,21 @@ class WorkStream:
         log.warning("batch %s lost its worker: its jobs %s run again, each alone", entry.batch.batch_id, entry.todo)
 
     def _bury(self, entry_id: str, fields: Mapping[bytes, bytes], reason: str, entry: Entry | None = None) -> None:
-        """Move an entry to the dead-letter stream; its unanswered jobs fail ``worker_crashed`` (or ``internal``)."""
+        """Move an entry to the dead-letter stream; the unanswered jobs of ``entry`` fail ``worker_crashed``.
+
+        Without ``entry`` (it could not be decoded, so its jobs are unknown) the entry is only moved and logged."""
         pipe = self._r.pipeline(transaction=True)
         pipe.xadd(self._layout.dead, {**{k.decode(): v for k, v in fields.items()}, "entry": entry_id, "reason": reason,
                                       "worker": self._name, "at": f"{time.time():.3f}"},
                   maxlen=DEAD_MAXLEN, approximate=True)
-        for job_id in entry.todo if entry is not None else ():
-            assert entry is not None
-            pipe.xadd(self._layout.events(entry.bot), {"body": encode(crashed_twice(job_id))}, maxlen=EVENTS_MAXLEN,
-                      approximate=True)
+        if entry is not None:
+            for job_id in entry.todo:
+                pipe.xadd(self._layout.events(entry.bot), {"body": encode(crashed_twice(job_id))},
+                          maxlen=EVENTS_MAXLEN, approximate=True)
+        else:
+            log.error("work entry %s dead-lettered: %s", entry_id, reason)
         self._finish(pipe, entry_id)
         pipe.execute()
-        if entry is None:
-            log.error("work entry %s dead-lettered: %s", entry_id, reason)
 
     def _deliveries(self, entry_id: str) -> int:
         info = self._r.xpending_range(self._layout.work, WORKER_GROUP, entry_id, entry_id, 1)

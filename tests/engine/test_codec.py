@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from engine.codec import CodecError, decode, encode, message_types
+from engine.codec import CodecError, decode, decode_as, encode, message_types
 from engine.protocol import (
     PROTOCOL_VERSION,
     Envelope,
@@ -106,3 +106,11 @@ def test_the_settings_invariant_still_holds_on_decode() -> None:
     request = {"job_id": 1, "user_id": 2, "settings": settings}
     with pytest.raises(CodecError, match="hypernet tags"):
         decode(raw(request, kind="GenerateRequest"))
+
+
+def test_decode_as_gives_the_message_only_when_it_is_of_that_type() -> None:
+    blob = encode(Result(1, (b"png",), (4,), 1.0))
+    assert decode_as(blob, Result) == Result(1, (b"png",), (4,), 1.0)
+    assert decode_as(blob, Failure) is None
+    assert decode_as(raw(RESULT, version=PROTOCOL_VERSION + 1), Result) is None
+    assert decode_as(None, Result) is None
