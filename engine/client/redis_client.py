@@ -123,11 +123,15 @@ class RedisEngineClient(JobBook):
         self._tasks = [asyncio.create_task(loop(), name=f"engine-redis-{loop.__name__}")
                        for loop in (self._events_loop, self._dispatch_loop, self._watch_loop)]
 
-    async def _prepare(self) -> None:
-        r, lay = self._r, self._layout
+    async def _prepare_groups(self) -> None:
+        lay = self._layout
         for stream, group in ((lay.work, WORKER_GROUP), (lay.events(self.bot_id), BOT_GROUP)):
             with contextlib.suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists
-                await r.xgroup_create(stream, group, id="0", mkstream=True)
+                await self._r.xgroup_create(stream, group, id="0", mkstream=True)
+
+    async def _prepare(self) -> None:
+        r, lay = self._r, self._layout
+        await self._prepare_groups()
         await r.set(lay.config, encode(self._fleet))
         inflight = await r.hkeys(lay.inflight(self.bot_id))
         now = time.monotonic()
@@ -265,6 +269,12 @@ class RedisEngineClient(JobBook):
                         await self._ack(eid)
             except REDIS_ERRORS as exc:
                 await self._down(exc)
+            except redis_errors.ResponseError as exc:
+                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                    raise
+                log.warning("this bot's answer stream is gone (Redis lost its data?): creating it again")
+                await self._prepare_groups()
+                cursor = "0-0"
 
     async def _watch_loop(self) -> None:
         """The registry for /status, connectivity, and adopted jobs nobody re-submitted."""
@@ -274,6 +284,7 @@ class RedisEngineClient(JobBook):
                 await self._r.set(self._layout.config, encode(self._fleet))
                 self._up()
                 await self._expire_adopted()
+                await self._requeue_lost()
             except REDIS_ERRORS as exc:
                 await self._down(exc)
             await asyncio.sleep(self._hb_interval)
@@ -320,8 +331,10 @@ class RedisEngineClient(JobBook):
         """A job's outcome; False for one already ended (a re-run after a lost worker may answer twice)."""
         job = self._running.pop(job_id, None)
         self._where.pop(job_id, None)
-        if job is None:
-            return False
+        if job is None:  # queued again after Redis lost its data, yet its first worker did answer: take that
+            job = self._queue.cancel(job_id)
+            if job is None:
+                return False
         self._terminal(job, outcome)
         return True
 
@@ -357,6 +370,21 @@ class RedisEngineClient(JobBook):
             early = self._early.pop(job_id, None)
             await self._forget(job_id, early[0] if early else None)
 
+    async def _requeue_lost(self) -> None:
+        """Jobs handed out whose records Redis no longer has (it restarted without its data): queued again, in front."""
+        handed_out = list(self._running)  # before the read: jobs handed out meanwhile have their records
+        if not handed_out:
+            return
+        known = {int(k) for k in await self._r.hkeys(self._layout.inflight(self.bot_id))}
+        lost = [self._running[j] for j in handed_out if j not in known and j in self._running]
+        for job in lost:
+            log.warning("job %s was lost with Redis's data: queued again", job.job_id)
+            del self._running[job.job_id]
+            self._queue.requeue_front(job)
+        if lost:
+            self._publish_positions()
+            self._work.set()
+
     async def _forget(self, job_id: int, entry_id: str | None) -> None:
         await self._r.hdel(self._layout.inflight(self.bot_id), str(job_id))
         if entry_id is not None:
@@ -367,7 +395,7 @@ class RedisEngineClient(JobBook):
         pipe = self._r.pipeline(transaction=True)
         pipe.xack(events, BOT_GROUP, entry_id)
         pipe.xdel(events, entry_id)
-        await pipe.execute()
+        await pipe.execute(raise_on_error=False)  # NOGROUP after a Redis that lost its data: nothing to acknowledge
 
     def _up(self) -> None:
         if not self._broker_ok:

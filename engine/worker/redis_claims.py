@@ -29,7 +29,7 @@ from engine.client.redis_layout import WORKER_GROUP, RedisLayout, field_text
 from engine.codec import CodecError, decode, encode
 from engine.protocol import Failure, Result, SubmitBatch
 
-__all__ = ["Entry", "WorkStream"]
+__all__ = ["Entry", "WorkStream", "is_nogroup"]
 
 log = logging.getLogger("engine.worker")
 
@@ -138,7 +138,7 @@ class WorkStream:
             pipe.expire(key, ANSWERED_TTL_S)
         if entry is not None and done:
             self._finish(pipe, entry.entry_id)
-        pipe.execute()
+        _execute(pipe)
 
     def release(self, entry: Entry) -> None:
         """Hand back an entry this worker took but will not render (it is stopping): re-queued, the attempt uncounted."""
@@ -147,12 +147,12 @@ class WorkStream:
         pipe.xadd(self._layout.work, {"bot": entry.bot, "attempt": str(entry.attempt),
                                       "body": encode(SubmitBatch(entry.batch.batch_id, todo))})
         self._finish(pipe, entry.entry_id)
-        pipe.execute()
+        _execute(pipe)
 
     def finish(self, entry_id: str) -> None:
         pipe = self._r.pipeline(transaction=True)
         self._finish(pipe, entry_id)
-        pipe.execute()
+        _execute(pipe)
 
     def _finish(self, pipe: Any, entry_id: str) -> None:
         pipe.xack(self._layout.work, WORKER_GROUP, entry_id)
@@ -166,7 +166,7 @@ class WorkStream:
             pipe.xadd(self._layout.events(entry.bot), {"body": encode(failure_for(job_id))}, maxlen=EVENTS_MAXLEN,
                       approximate=True)
         self._finish(pipe, entry.entry_id)
-        pipe.execute()
+        _execute(pipe)
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class WorkStream:
                 pipe.xadd(self._layout.work, {"bot": entry.bot, "attempt": "2",
                                               "body": encode(SubmitBatch(entry.batch.batch_id, (req,)))})
         self._finish(pipe, entry.entry_id)
-        pipe.execute()
+        _execute(pipe)
         log.warning("batch %s lost its worker: its jobs %s run again, each alone", entry.batch.batch_id, entry.todo)
 
     def _bury(self, entry_id: str, fields: Mapping[bytes, bytes], reason: str, entry: Entry | None = None) -> None:
@@ -219,11 +219,23 @@ class WorkStream:
         else:
             log.error("work entry %s dead-lettered: %s", entry_id, reason)
         self._finish(pipe, entry_id)
-        pipe.execute()
+        _execute(pipe)
 
     def _deliveries(self, entry_id: str) -> int:
         info = self._r.xpending_range(self._layout.work, WORKER_GROUP, entry_id, entry_id, 1)
         return int(info[0]["times_delivered"]) if info else 1
+
+
+def _execute(pipe: Any) -> None:
+    """Run a transaction; an acknowledgement for a group Redis no longer has (it lost its data) is not an error."""
+    for result in pipe.execute(raise_on_error=False):
+        if isinstance(result, redis.ResponseError) and not is_nogroup(result):
+            raise result
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """Redis answered that a stream or its consumer group is gone (a Redis that restarted without its data)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 def _base_attempt(fields: Mapping[bytes, bytes]) -> int:

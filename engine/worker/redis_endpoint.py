@@ -50,7 +50,7 @@ from engine.protocol import (
     WorkerInfo,
     wrap,
 )
-from engine.worker.redis_claims import Entry, WorkStream
+from engine.worker.redis_claims import Entry, WorkStream, is_nogroup
 
 __all__ = ["EXIT_STUCK", "RedisEndpoint"]
 
@@ -293,5 +293,10 @@ class RedisEndpoint:
                 except _REDIS_ERRORS as exc:
                     self._lost(exc, attempt)
                     attempt = attempt + 1 if self._connected_since is None else 0
+                except redis.ResponseError as exc:
+                    if not is_nogroup(exc):
+                        raise
+                    log.warning("the work stream's group is gone (Redis lost its data?): creating it again")
+                    self._call(self._stream.ensure_group)
 
         return run

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import itertools
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from engine.client import BROKER_DOWN, JobHandle, RedisEngineClient
 from engine.client.redis_layout import RedisLayout
@@ -322,3 +325,21 @@ async def test_redis_stopped_and_restarted_mid_run_loses_no_job(env: Any) -> Non
     assert all(len(r.images) == 1 for r in results)
     assert all(client.results[h.job_id] == 1 for h in handles), {h.job_id: client.results[h.job_id] for h in handles}
     client.check_capacity(99)  # taking jobs again
+
+
+async def test_redis_that_lost_its_data_loses_no_job(env: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis restarted without persistence: streams, groups and records gone; the bot queues its jobs again."""
+    client, raw = env["client"], env["redis"]
+    caplog.set_level(logging.WARNING, logger="engine.client")
+    await ready_workers(client)
+    handles = [client.submit(req(75 + i % 2, "@SLOW@ across a data loss", steps=4)) for i in range(4)]
+    await asyncio.wait_for(_first_progress(handles[0]), 60)
+    with contextlib.suppress(redis_errors.ConnectionError):
+        await raw.ping()  # this test's own connection died with the server in the test before: reconnect
+    await raw.flushall()
+    results = await asyncio.gather(*(asyncio.wait_for(h.result(), 120) for h in handles))
+    assert all(len(r.images) == 1 for r in results)
+    assert await raw.hlen(RedisLayout(PREFIX).inflight("b1")) == 0, "every record was cleared once answered"
+    await ready_workers(client)  # the workers registered again
+    assert not any("Traceback" in env["fleet"].log(w) for w in ("w1", "w2")), "no worker thread died of it"
+    assert "this bot's answer stream is gone (Redis lost its data?): creating it again" in caplog.text
