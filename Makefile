@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: run test lint venv install-test install-run
+.PHONY: run test lint venv install-test install-run install-redis
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,18 @@ install-test: $(VENV)/bin/python
 install-run: $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
 
+# The Redis test tier (tests/engine/redis) starts its own redis-server on loopback. CI is a clean Debian run as
+# root: install it there when it is missing; anyone else is told how.
+install-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server)" >&2; exit 1; fi; }
+
 run: install-run
 	$(PY) -m bot
 
-test: install-test
+test: install-test install-redis
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ ENV_PREFIX = "HYPERCORD_"
 CONFIG_ENV = "HYPERCORD_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"
 TOKEN_FILE_ENV = "DISCORD_TOKEN_FILE"
+_REDIS_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # the same rule as engine.client.redis_layout.NAME_RULE
 
 
 class ConfigError(ValueError):
@@ -133,6 +135,11 @@ class EngineSettings:
     heartbeat_timeout_s: float = _opt(30.0, min=1, max=3600)
     start_timeout_s: float = _opt(600.0, min=5, max=7200)
     job_timeout_s: float = _opt(600.0, min=5, max=86_400)
+    transport: str = _opt("local", choices=("local", "redis"))
+    redis_url: str = _opt("redis://localhost:6379/0")
+    redis_prefix: str = _opt("hypercord")
+    bot_id: str = _opt("main")
+    lease_s: float = _opt(30.0, min=1, max=3600)
 
 
 @dataclass(frozen=True)
@@ -342,6 +349,17 @@ def _cross_checks(s: Settings) -> None:
                           f"({lim.max_multiplier})")
     if lim.queue_per_user > lim.queue_max:
         raise ConfigError(f"`limits.queue_per_user` ({lim.queue_per_user}) is above `limits.queue_max` ({lim.queue_max})")
+    eng = s.engine
+    if not eng.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"`engine.redis_url` must be a redis://, rediss:// or unix:// URL; "
+                          f"got {json.dumps(eng.redis_url)}")
+    for key in ("redis_prefix", "bot_id"):
+        if not _REDIS_NAME.fullmatch(getattr(eng, key)):
+            raise ConfigError(f"`engine.{key}` may use letters, digits and _.:- only (at most 100); "
+                              f"got {json.dumps(getattr(eng, key))}")
+    if eng.transport == "redis" and eng.lease_s <= eng.heartbeat_interval_s:
+        raise ConfigError(f"`engine.lease_s` ({eng.lease_s}) must be longer than `engine.heartbeat_interval_s` "
+                          f"({eng.heartbeat_interval_s}): workers renew their claims at each heartbeat")
     for key in ("rest_base_url", "gateway_url"):
         url = getattr(s.discord, key)
         if not url.startswith(("http://", "https://", "ws://", "wss://")):

@@ -25,7 +25,7 @@ from bot.models import ModelService
 from bot.ratelimit import RateLimiter
 from bot.store import Store
 from cogs.job_messages import DiscordPresenters
-from engine.client import EngineClient, WorkerTransport
+from engine.client import EngineClient, RedisEngineClient, WorkerTransport
 from engine.fit import ModelShape
 from engine.protocol import WorkerConfig
 
@@ -55,9 +55,16 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-def build_engine(settings: Settings, *, transport: WorkerTransport | None = None) -> EngineClient:
-    """The engine client; ``transport`` defaults to a child worker process (tests add fault injection there)."""
+def build_engine(settings: Settings, *, transport: WorkerTransport | None = None) -> EngineClient | RedisEngineClient:
+    """The engine client: a child worker process (``transport`` overrides it: tests add fault injection there), or
+    the fleet of standalone workers over Redis when ``engine.transport = "redis"``."""
     eng, lim = settings.engine, settings.limits
+    if eng.transport == "redis" and transport is None:
+        return RedisEngineClient(
+            worker_config(settings), eng.redis_url, bot_id=eng.bot_id, prefix=eng.redis_prefix,
+            max_queue=lim.queue_max, max_per_user=lim.queue_per_user, lease_s=eng.lease_s,
+            heartbeat_interval_s=eng.heartbeat_interval_s, heartbeat_timeout_s=eng.heartbeat_timeout_s,
+            start_timeout_s=min(eng.start_timeout_s, 120.0), job_timeout_s=eng.job_timeout_s)
     return EngineClient(
         worker_config(settings),
         transport=transport,

@@ -55,7 +55,25 @@ async def collect_figures(bot: HypercordBot) -> dict[str, Any]:
         "hypernet_cache_bytes": engine["cache_bytes"], "hypernet_cache": list(engine["cache_contents"]),
         "worker_restarts": engine["restarts"], "uptime_s": round(time.time() - bot.started_at, 1),
         "guilds": len(bot.guilds), "accepting_jobs": bot.jobs.accepting,
+        "workers": [{key: worker[key] for key in ("name", "state", "device", "checkpoint", "max_batch", "jobs_done",
+                                                  "heartbeat_age_s", "host")} for worker in engine["workers"]],
     }
+
+
+def worker_lines(workers: list[dict[str, Any]], limit: int = 1024) -> str:
+    """One line per worker (name, state, device, model, batch, jobs done, last heartbeat), within ``limit`` chars."""
+    lines = []
+    for w in workers:
+        beat = "—" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.0f}s ago"
+        lines.append(f"`{w['name'][:40]}` {w['state']} · {w['device'] or '—'} · `{w['checkpoint'][:40]}` · "
+                     f"batch {w['max_batch']} · {w['jobs_done']} done · heartbeat {beat}")
+    text = ""
+    for i, line in enumerate(lines):
+        note = f"\n… and {len(lines) - i} more"
+        if len(text) + 1 + len(line) + len(note) > limit:
+            return text + note
+        text = f"{text}\n{line}" if text else line
+    return text or "none"
 
 
 def status_embed(figures: dict[str, Any]) -> discord.Embed:
@@ -74,6 +92,8 @@ def status_embed(figures: dict[str, Any]) -> discord.Embed:
     cache = ", ".join(figures["hypernet_cache"][:10]) or "empty"
     embed.add_field(name="Memory", value=f"VRAM used: {_mib(figures['vram_used_bytes'])}\nhypernet cache: "
                     f"{_mib(figures['hypernet_cache_bytes'])} ({cache})"[:1024])
+    if figures["workers"]:
+        embed.add_field(name=f"Workers ({len(figures['workers'])})", value=worker_lines(figures["workers"]), inline=False)
     embed.set_footer(text=f"up {_duration(figures['uptime_s'])} · {figures['guilds']} servers")
     return embed
 

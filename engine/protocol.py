@@ -5,6 +5,8 @@ light), and both sides agree on one definition of every message.  Messages trave
 (:mod:`engine.client.transport`; today a socket pair to a child process); ``PROTOCOL_VERSION`` is checked in
 the worker's hello so a bot and a worker from different releases refuse each other instead of misreading fields.
 What a job renders is one :class:`engine.render_settings.RenderSettings` value, the same one the bot stores.
+Over Redis (the scale-out transport) the same dataclasses travel encoded by :mod:`engine.codec`; the messages at
+the end of this module exist for that deployment only (shared settings, the worker registry, claims, model fetches).
 """
 
 from __future__ import annotations
@@ -15,9 +17,33 @@ from dataclasses import dataclass, field
 from engine.render_settings import HypernetRef, RenderSettings
 
 __all__ = [
-    "PROTOCOL_VERSION", "TERMINAL_EVENTS", "BatchDone", "Cancel", "Envelope", "Failure", "FailureKind", "GenerateRequest",
-    "Health", "Hello", "HypernetRef", "JobEvent", "Ping", "Progress", "Queued", "RenderSettings", "Result", "Shutdown",
-    "Started", "SubmitBatch", "WorkerConfig", "wrap",
+    "PROTOCOL_VERSION",
+    "TERMINAL_EVENTS",
+    "BatchClaimed",
+    "BatchDone",
+    "Cancel",
+    "Envelope",
+    "Failure",
+    "FailureKind",
+    "FetchModel",
+    "FleetConfig",
+    "GenerateRequest",
+    "Health",
+    "Hello",
+    "HypernetRef",
+    "JobEvent",
+    "ModelBlob",
+    "Ping",
+    "Progress",
+    "Queued",
+    "RenderSettings",
+    "Result",
+    "Shutdown",
+    "Started",
+    "SubmitBatch",
+    "WorkerConfig",
+    "WorkerInfo",
+    "wrap",
 ]
 
 PROTOCOL_VERSION = 3
@@ -209,3 +235,75 @@ class Envelope:
 
 def wrap(message: object) -> Envelope:
     return Envelope(PROTOCOL_VERSION, message)
+
+
+# ---- the Redis deployment (standalone workers shared by bot processes) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """What a bot publishes for standalone workers: their ``WorkerConfig`` and the fleet's timings.
+
+    A worker started with ``--redis`` reads this (its own ``--device`` / ``--max-batch`` / ``--store`` win), so one
+    config.toml still describes the deployment.
+    """
+
+    worker: WorkerConfig
+    lease_s: float = 30.0  # a batch whose worker stopped renewing its claim for this long is taken over by another
+    heartbeat_interval_s: float = 2.0  # registry updates and claim renewals
+    job_timeout_s: float = 600.0  # a batch running longer is failed (``timeout``) by its worker, which then exits
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One standalone worker's entry in the fleet registry: what ``/status`` lists.  Times are Unix seconds."""
+
+    name: str
+    pid: int
+    host: str
+    state: str  # starting | ready | stopped
+    protocol_version: int
+    max_batch: int
+    device: str = ""
+    checkpoint: str = ""
+    dtype: str = ""
+    context_dim: int = 0
+    attention_widths: tuple[int, ...] = ()
+    busy: bool = False
+    jobs_done: int = 0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    vram_used_bytes: int = 0
+    hypernet_cache_bytes: int = 0
+    hypernet_cache_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchClaimed:
+    """worker -> bot: ``worker`` took this batch; ``attempt`` 2 means a re-run after its previous worker was lost."""
+
+    batch_id: int
+    worker: str
+    attempt: int
+    job_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchModel:
+    """worker -> bot: publish the canonical hypernet file with this digest (the worker checks the hash)."""
+
+    sha256: str
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBlob:
+    """bot -> worker (at ``P:blob:<sha256>``): a canonical hypernet file and the sha256 of exactly these bytes.
+
+    ``sha256`` is the model's key (the hash of the file as uploaded, which names it in the store); the canonical
+    safetensors differ from that upload, so ``content_sha256`` is what the worker checks the bytes against.
+    """
+
+    sha256: str
+    content_sha256: str
+    data: bytes

@@ -21,25 +21,24 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from engine.client.fair_queue import FairQueue, QueuedJob
-from engine.client.handle import JobHandle
+from engine.client.fair_queue import QueuedJob
+from engine.client.jobbook import JobBook
 from engine.client.local_worker import LocalWorkers
+from engine.client.outcomes import crashed_twice, timed_out
+from engine.client.status import EngineStatus, WorkerStatus
 from engine.client.transport import Exited, Inbox, WorkerLink, WorkerTransport
-from engine.errors import UnknownJob, WorkerUnavailable
+from engine.errors import WorkerUnavailable
 from engine.protocol import (
     PROTOCOL_VERSION,
     BatchDone,
     Cancel,
     Failure,
     FailureKind,
-    GenerateRequest,
     Health,
     Hello,
     Ping,
     Progress,
-    Queued,
     Result,
     Shutdown,
     Started,
@@ -51,35 +50,10 @@ __all__ = ["EngineClient", "EngineStatus"]
 
 log = logging.getLogger("engine.client")
 
-@dataclass(frozen=True, slots=True)
-class EngineStatus:
-    """What an owner's status command shows."""
-
-    state: str
-    pid: int | None
-    device: str
-    checkpoint: str
-    dtype: str
-    context_dim: int | None  # text-context width of the loaded checkpoint (768 SD1.x); None until it has started
-    attention_widths: tuple[int, ...]  # self-attention widths of the loaded checkpoint; () until it has started
-    queue_length: int
-    running: int
-    users_queued: int
-    jobs_done: int
-    jobs_failed: int
-    images_per_s: float
-    avg_step_s: float
-    cache_bytes: int
-    vram_used_bytes: int
-    cache_contents: tuple[str, ...]
-    uptime_s: float
-    restarts: int
-
-
 _WAKE = object()
 
 
-class EngineClient:
+class EngineClient(JobBook):
     """Queue + supervised worker process.  Construct, ``await start()``, ``submit``, ``await stop()``."""
 
     def __init__(self, config: WorkerConfig, *, transport: WorkerTransport | None = None, max_queue: int = 100,
@@ -93,14 +67,13 @@ class EngineClient:
         """
         if job_timeout_s <= 0:
             raise ValueError(f"job_timeout_s must be positive; got {job_timeout_s}")
+        super().__init__(max_queue=max_queue, max_per_user=max_per_user)
         self.config = config
         self.job_timeout_s = job_timeout_s
         self._transport = transport or LocalWorkers()
-        self._queue = FairQueue(max_queue=max_queue, max_per_user=max_per_user)
         self._hb_interval, self._hb_timeout = heartbeat_interval_s, heartbeat_timeout_s
         self._start_timeout = start_timeout_s
         self._backoff = tuple(restart_backoff) or (1.0,)
-        self._handles: dict[int, JobHandle] = {}
         self._batch: dict[int, QueuedJob] = {}  # jobs of the worker's current batch not yet answered, by id
         self._batch_id: int | None = None  # the batch the worker is on (None = idle)
         self._batch_deadline = 0.0  # monotonic time by which the current batch must be done
@@ -109,16 +82,14 @@ class EngineClient:
         self._hello: Hello | None = None
         self._health: Health | None = None
         self._state = "stopped"
-        self._accepting = False
         self._stopping = False
         self._inbox: Inbox | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._gen = 0
+        self._last_seen = 0.0
         self._started_at = 0.0
         self.restarts = 0
-        self._done = self._failed = self._images = self._steps = 0
-        self._busy_s = self._step_s = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -139,9 +110,7 @@ class EngineClient:
     async def stop(self, grace_s: float = 30.0) -> None:
         """Stop taking jobs, fail queued ones (``shutdown``), let the running batch finish, end the worker."""
         self._accepting = False
-        for job in self._queue.drain():
-            self._terminal(job, Failure(job.job_id, FailureKind.SHUTDOWN, "The image engine is shutting down.",
-                                        hint="Please submit it again in a moment.", retryable=True))
+        self._fail_queued_for_shutdown()
         deadline = time.monotonic() + grace_s
         while self._batch_id is not None and self._link is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -164,44 +133,14 @@ class EngineClient:
 
     # ---- public, non-blocking -------------------------------------------------------------------
 
-    def check_capacity(self, user_id: int) -> None:
-        """Raise ``QueueFull`` / ``UserQueueFull`` / ``WorkerUnavailable`` if a job from this user would be refused."""
-        if not self._accepting:
-            raise WorkerUnavailable("The image engine is not taking jobs right now.")
-        self._queue.check_capacity(user_id)
-
-    def submit(self, request: GenerateRequest) -> JobHandle:
-        """Queue a request; raises ``QueueFull`` / ``UserQueueFull`` / ``WorkerUnavailable`` at once."""
-        if not self._accepting:
-            raise WorkerUnavailable("The image engine is not taking jobs right now.")
-        job = self._queue.submit(request)
-        handle = JobHandle(job)
-        self._handles[job.job_id] = handle
-        self._publish_positions()
-        self._wake()
-        return handle
-
     def cancel(self, job_id: int) -> bool:
         """Cancel a queued job now, or ask the worker to stop a running one between steps."""
-        job = self._queue.cancel(job_id)
-        if job is not None:
-            self._terminal(job, Failure(job_id, FailureKind.CANCELLED, "Cancelled."), running=False)
-            self._publish_positions()
+        if self._cancel_queued(job_id):
             return True
         if job_id in self._batch and self._link is not None:
             self._link.send(Cancel(job_id))
             return True
         return False
-
-    def position(self, job_id: int) -> int | None:
-        """Jobs to be served before this one (0 = next); ``None`` once it runs or ended, or if unknown."""
-        return self._queue.position(job_id)
-
-    def handle(self, job_id: int) -> JobHandle:
-        try:
-            return self._handles[job_id]
-        except KeyError:
-            raise UnknownJob("That job is not known to the engine.") from None
 
     def status(self) -> EngineStatus:
         hello, health = self._hello, self._health
@@ -211,12 +150,22 @@ class EngineClient:
             context_dim=hello.context_dim if hello else None,
             attention_widths=hello.attention_widths if hello else (), queue_length=self._queue.queued,
             running=len(self._batch), users_queued=self._queue.users_queued(), jobs_done=self._done,
-            jobs_failed=self._failed, images_per_s=self._images / self._busy_s if self._busy_s else 0.0,
-            avg_step_s=self._step_s / self._steps if self._steps else 0.0,
+            jobs_failed=self._failed, images_per_s=self._images_per_s, avg_step_s=self._avg_step_s,
             cache_bytes=health.hypernet_cache_bytes if health else 0,
             vram_used_bytes=health.vram_used_bytes if health else 0,
             cache_contents=health.hypernet_cache_names if health else (),
-            uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0, restarts=self.restarts)
+            uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0, restarts=self.restarts,
+            workers=(self._worker_status(),))
+
+    def _worker_status(self) -> WorkerStatus:
+        """The one child worker, in the shape /status lists every worker in."""
+        hello = self._hello
+        state = "busy" if self._state == "ready" and self._batch_id is not None else self._state
+        return WorkerStatus(name="local", state=state, device=hello.device if hello else "",
+                            checkpoint=hello.checkpoint if hello else self.config.checkpoint,
+                            max_batch=self.config.max_batch, jobs_done=self._done,
+                            heartbeat_age_s=time.monotonic() - self._last_seen if self._last_seen else None,
+                            pid=self._link.pid if self._link else None)
 
     # ---- supervisor -----------------------------------------------------------------------------
 
@@ -291,7 +240,7 @@ class EngineClient:
                 continue
             if gen != self._gen:
                 continue
-            last_seen = time.monotonic()
+            last_seen = self._last_seen = time.monotonic()
             if isinstance(msg, Exited):
                 return f"worker {self._link.pid} exited with code {msg.code}"
             self._on_message(msg)
@@ -308,10 +257,7 @@ class EngineClient:
                 self._terminal(job, msg)
         elif isinstance(msg, BatchDone) and msg.batch_id == self._batch_id:
             self._batch_id = None
-            self._busy_s += msg.duration_s
-            self._images += msg.images
-            self._steps += msg.steps
-            self._step_s += msg.step_time_s
+            self._count_batch(msg)
             for job in list(self._batch.values()):  # answered nothing: a worker bug, never hang the user
                 self._batch.pop(job.job_id)
                 self._terminal(job, Failure(job.job_id, FailureKind.INTERNAL, "The engine lost track of this job."))
@@ -340,9 +286,7 @@ class EngineClient:
         assert self._link is not None
         limit = f"{self.job_timeout_s:g} s"
         for job in list(self._batch.values()):
-            self._terminal(job, Failure(job.job_id, FailureKind.TIMEOUT,
-                                        f"The render took longer than {limit} and was stopped.",
-                                        hint="Try fewer steps, a smaller size or fewer images."))
+            self._terminal(job, timed_out(job.job_id, self.job_timeout_s))
         self._batch.clear()
         return f"batch {self._batch_id} on worker {self._link.pid} ran past the {limit} render time limit"
 
@@ -356,31 +300,15 @@ class EngineClient:
             if job.attempts < 2:
                 self._queue.requeue_front(job)
             else:
-                self._terminal(job, Failure(job.job_id, FailureKind.WORKER_CRASHED,
-                                            "The image engine crashed while rendering this job, twice.",
-                                            hint="Something in this request may be triggering it; try other settings."))
+                self._terminal(job, crashed_twice(job.job_id))
         self._batch.clear()
         self._batch_id = None
         self._publish_positions()
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    def _terminal(self, job: QueuedJob, outcome: Result | Failure, *, running: bool = True) -> None:
-        if running:
-            self._queue.finish(job.job_id)
-        handle = self._handles.pop(job.job_id, None)
-        if isinstance(outcome, Result):
-            self._done += 1
-        else:
-            self._failed += 1
-        if handle is not None:
-            handle.emit(outcome)
-
-    def _publish_positions(self) -> None:
-        for job_id, pos in self._queue.positions().items():
-            handle = self._handles.get(job_id)
-            if handle is not None:
-                handle.emit(Queued(job_id, pos))
+    def _on_queued(self) -> None:
+        self._wake()
 
     def _wake(self) -> None:
         if self._inbox is not None:

@@ -109,6 +109,22 @@ class FairQueue:
         job.seq = self._next_seq()
         self._queued[job.job_id] = job
 
+    def adopt(self, request: GenerateRequest) -> QueuedJob:
+        """Register a job that already runs on a worker (handed out by a previous bot process); caps do not apply."""
+        if request.job_id in self._queued or request.job_id in self._running:
+            raise ValueError(f"job {request.job_id} is already in the engine")
+        job = QueuedJob(request=request, seq=self._next_seq(), round=self._current_round, attempts=1, running=True)
+        self._running[job.job_id] = job
+        return job
+
+    def give_back(self, jobs: Iterable[QueuedJob]) -> None:
+        """Undo :meth:`next_batch` for jobs that could not be handed to a worker: queued again as they were."""
+        for job in jobs:
+            if self._running.pop(job.job_id, None) is not None:
+                job.running = False
+                job.attempts -= 1
+                self._queued[job.job_id] = job
+
     # ---- serving --------------------------------------------------------------------------------
 
     def next_batch(self, max_batch: int) -> list[QueuedJob]:

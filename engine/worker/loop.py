@@ -4,6 +4,8 @@ Why a separate process: a CUDA fault or a leak must never take the bot down, and
 or hangs can be replaced with a clean one.  Started by the engine client as ``python -m engine.worker
 --fd N`` (:mod:`engine.worker.__main__`) with a scrubbed environment (no bot token); ``N`` is its end of a
 socket pair carrying pickled ``engine.protocol`` envelopes.  The first message it reads is its ``WorkerConfig``.
+A standalone worker (``--redis URL``) gets the same messages through :mod:`engine.worker.redis_endpoint`, and
+missing hypernet files through a ``ModelSource`` (:mod:`engine.worker.model_fetch`).
 
 Threads: the main thread loads the checkpoint once and runs batches; a reader thread takes messages
 while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
@@ -27,7 +29,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -76,11 +78,18 @@ class Endpoint(Protocol):
     def recv(self) -> object: ...
 
 
+class ModelSource(Protocol):
+    """Makes missing hypernet files available in the store (standalone workers fetch them from the bot)."""
+
+    def ensure(self, digests: Iterable[str]) -> None: ...
+
+
 class Worker:
     """One worker's state: the loaded renderer, the hypernet cache, and the endpoint to the client."""
 
-    def __init__(self, conn: Endpoint, config: WorkerConfig, faults: Faults) -> None:
+    def __init__(self, conn: Endpoint, config: WorkerConfig, faults: Faults, models: ModelSource | None = None) -> None:
         self._conn = conn
+        self._models = models
         self._config = config
         self._faults = faults
         self._send_lock = threading.Lock()
@@ -212,13 +221,15 @@ class Worker:
         out: dict[int, Mapping[str, Hypernetwork]] = {}
         for req in requests:
             used = [ref for ref in req.settings.hypernets if ref.multiplier != 0]
+            lora_files = [x.sha256 for x in req.settings.loras if x.te != 0 or x.unet != 0]
+            embedding_files = [e.sha256 for e in req.settings.embeddings]
             try:
+                if self._models is not None:
+                    self._models.ensure([*(ref.sha256 for ref in used), *lora_files, *embedding_files])
                 out[req.job_id] = cache.get_many(ref.sha256 for ref in used)
                 if self._loras is not None and self._embeddings is not None:
-                    self._job_loras[req.job_id] = self._loras.get_many(
-                        x.sha256 for x in req.settings.loras if x.te != 0 or x.unet != 0)
-                    self._job_embeddings[req.job_id] = self._embeddings.get_many(
-                        e.sha256 for e in req.settings.embeddings)
+                    self._job_loras[req.job_id] = self._loras.get_many(lora_files)
+                    self._job_embeddings[req.job_id] = self._embeddings.get_many(embedding_files)
             except InvalidModelFile as exc:
                 self._fail(req, FailureKind.BAD_REQUEST, exc.message)
                 continue

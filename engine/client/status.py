@@ -1,0 +1,52 @@
+"""What an owner's status command shows about the engine: the queue, the figures, and every worker.
+
+Why its own module: both engine clients (one local child worker, or a fleet over Redis) report the same shape, and
+the bot's ``/status`` renders it without knowing which transport runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EngineStatus", "WorkerStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One worker as ``/status`` lists it; ``heartbeat_age_s`` is how long ago it was last heard from."""
+
+    name: str
+    state: str  # starting | ready | busy | gone | stopped
+    device: str
+    checkpoint: str
+    max_batch: int
+    jobs_done: int
+    heartbeat_age_s: float | None
+    pid: int | None = None
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """What an owner's status command shows."""
+
+    state: str
+    pid: int | None
+    device: str
+    checkpoint: str
+    dtype: str
+    context_dim: int | None  # text-context width of the loaded checkpoint (768 SD1.x); None until it has started
+    attention_widths: tuple[int, ...]  # self-attention widths of the loaded checkpoint; () until it has started
+    queue_length: int
+    running: int
+    users_queued: int
+    jobs_done: int
+    jobs_failed: int
+    images_per_s: float
+    avg_step_s: float
+    cache_bytes: int
+    vram_used_bytes: int
+    cache_contents: tuple[str, ...]
+    uptime_s: float
+    restarts: int
+    workers: tuple[WorkerStatus, ...] = ()  # every worker known (one for the local transport)
