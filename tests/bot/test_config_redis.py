@@ -9,6 +9,7 @@ import pytest
 from bot.config import ConfigError, Settings, load_settings
 from bot.runner import build_engine
 from engine.client import EngineClient, RedisEngineClient
+from engine.protocol import PROTOCOL_VERSION
 
 
 def load(tmp_path: Path, engine: str) -> Settings:
@@ -29,7 +30,7 @@ def test_redis_transport_builds_the_fleet_client_from_the_keys(tmp_path: Path) -
     engine = build_engine(settings)
     assert isinstance(engine, RedisEngineClient)
     assert (engine.redis_url, engine.bot_id, engine._fleet.lease_s) == ("redis://cache:6380/2", "shard-0", 12.5)
-    assert engine._layout.work == "prod:v2:work"
+    assert engine._layout.work == f"prod:v{PROTOCOL_VERSION}:work"
 
 
 @pytest.mark.parametrize(("engine", "message"), [
