@@ -92,8 +92,9 @@ class CheckpointInfo:
 
 @dataclass(frozen=True, slots=True)
 class VaeInfo:
-    """A separate VAE file: ``name`` (A1111's ``VAE`` in the infotext: the file stem), ``size``, ``hashes``
-    (``VAE hash`` = AutoV2), ``refusal``, the derived diffusers ``config`` and where its tensors start (``prefix``)."""
+    """A separate VAE file: ``name`` (A1111's ``VAE`` in the infotext: the file's name, suffix included), ``size``,
+    ``hashes`` (``VAE hash`` = AutoV2), ``refusal``, the derived diffusers ``config`` and where its tensors start
+    (``prefix``)."""
 
     path: Path
     name: str
@@ -262,17 +263,17 @@ def inspect_vae(path: Path, *, cache: HashCache | None = None, with_hashes: bool
     shapes, identity, problem = _open_safetensors(path)
     if shapes is None:
         if identity is None:
-            return VaeInfo(path, path.stem, size, refusal=damaged_refusal(path.name, problem))
+            return VaeInfo(path, path.name, size, refusal=damaged_refusal(path.name, problem))
         pickled = identity.kind in (FileKind.TORCH_PICKLE, FileKind.HYPERNETWORK)
         what = "a pickled PyTorch file" if pickled else "a file in another format than safetensors"
-        return VaeInfo(path, path.stem, size, refusal=vae_refusal(path.name, what))
+        return VaeInfo(path, path.name, size, refusal=vae_refusal(path.name, what))
     found = detect(shapes)
     prefix = vae_prefix(shapes)
     if found.kind is not Kind.VAE or prefix is None:
-        return VaeInfo(path, path.stem, size, refusal=vae_refusal(path.name, with_article(_what(found))))
+        return VaeInfo(path, path.name, size, refusal=vae_refusal(path.name, with_article(_what(found))))
     try:
         config = vae_config(shapes, prefix, template(config_folder("sd1", None), "vae"))
     except ArchitectureError as error:
-        return VaeInfo(path, path.stem, size, refusal=vae_refusal(path.name, f"a broken VAE ({error})"))
+        return VaeInfo(path, path.name, size, refusal=vae_refusal(path.name, f"a broken VAE ({error})"))
     hashes = file_hashes(path, cache) if with_hashes else None
-    return VaeInfo(path, path.stem, size, hashes=hashes, config=config, prefix=prefix)
+    return VaeInfo(path, path.name, size, hashes=hashes, config=config, prefix=prefix)

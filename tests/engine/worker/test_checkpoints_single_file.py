@@ -160,7 +160,9 @@ def test_a_separate_vae_replaces_the_checkpoints(files: dict[str, Path], loads: 
     vae_model = write_vae(tmp_path / "unused.safetensors")  # the same VAE as files["vae"] (same seed)
     loaded = loads["sd1+vae"]
     _same_weights(loaded.vae, vae_model, torch.float32)
-    assert (loaded.vae_name, loaded.vae_hash) == ("vae", hashlib.sha256(files["vae"].read_bytes()).hexdigest()[:10])
+    # A1111's infotext: `VAE: vae.safetensors` (the file's name), `VAE hash:` its sha256's first 10 hex digits.
+    assert (loaded.vae_name, loaded.vae_hash) == \
+        ("vae.safetensors", hashlib.sha256(files["vae"].read_bytes()).hexdigest()[:10])
     diffusers_layout = tmp_path / "diffusion_pytorch_model.safetensors"
     write_vae(diffusers_layout, diffusers_layout=True)
     cache = HashCache(tmp_path / "hashes.json")
@@ -175,7 +177,7 @@ def test_a_checkpoint_without_vae_needs_one(files: dict[str, Path], tmp_path: Pa
         load_checkpoint(path, F32)
     assert str(refused.value) == ("`novae.safetensors` holds no VAE. Give it a VAE file in its settings (for example "
                                   "vae-ft-mse-840000-ema-pruned.safetensors from models/vae/).")
-    assert load_checkpoint(path, F32, vae=files["vae"]).vae_name == "vae"
+    assert load_checkpoint(path, F32, vae=files["vae"]).vae_name == "vae.safetensors"
 
 
 def test_refusals_at_load_time(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,7 +238,8 @@ def test_a_diffusers_folder_takes_overrides(files: dict[str, Path], tmp_path: Pa
     loaded = load_checkpoint(folder, F32, vae=files["vae"], prediction="v_prediction")
     assert isinstance(loaded.unet, UNet2DConditionModel)
     _same_weights(loaded.unet, models.unet, torch.float32)
-    assert (loaded.model_name, loaded.model_hash, loaded.family, loaded.vae_name) == ("my-sd15", None, "sd1", "vae")
+    assert (loaded.model_name, loaded.model_hash, loaded.family, loaded.vae_name) == \
+        ("my-sd15", None, "sd1", "vae.safetensors")
     assert loaded.scheduler_config["prediction_type"] == "v_prediction"
 
 
