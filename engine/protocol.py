@@ -22,6 +22,7 @@ __all__ = [
     "BatchClaimed",
     "BatchDone",
     "Cancel",
+    "CheckpointSpec",
     "Envelope",
     "Failure",
     "FailureKind",
@@ -75,6 +76,20 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointSpec:
+    """A checkpoint a worker may load, by the name jobs use (``RenderSettings.checkpoint``).
+
+    ``source``: a file, a diffusers folder, a hub id or ``tiny``; ``vae``: a separate VAE file or ""; ``prediction``:
+    ``auto``, ``epsilon`` or ``v_prediction``.  Paths come from the owner's configuration, never from users.
+    """
+
+    name: str
+    source: str
+    vae: str = ""
+    prediction: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """How the worker process sets itself up; built by the bot from its settings.
 
@@ -82,7 +97,7 @@ class WorkerConfig:
     is the only configuration it receives.
     """
 
-    checkpoint: str = "tiny"
+    checkpoint: str = "tiny"  # the default checkpoint (a name in ``checkpoints``, or a source when that is empty)
     device: str = "auto"  # auto | cuda | cpu
     dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     hypernet_dtype: str = "auto"  # auto = the UNet's dtype on GPU, float32 on CPU
@@ -90,6 +105,9 @@ class WorkerConfig:
     hypernet_cache_bytes: int = 512 * 1024 * 1024
     model_store_dir: str = "models/store"  # canonical hypernet files named <sha256>.safetensors
     progress_interval_s: float = 0.5
+    checkpoints: tuple[CheckpointSpec, ...] = ()  # every checkpoint jobs may name (empty: ``checkpoint`` alone)
+    checkpoint_device_bytes: int = 0  # device memory for resident checkpoints (0: keep one)
+    checkpoint_host_bytes: int = 0  # CPU memory for checkpoints parked off the device (0: drop them)
 
 
 # ---- bot -> worker ----------------------------------------------------------------------------
