@@ -29,16 +29,18 @@ class ModelError(UserFacingError):
         self.identity = identity
 
 
-def refused(error: IntakeRefused, kind: ModelKind | None = None) -> ModelError:
+def refused(error: IntakeRefused, kind: ModelKind | None = None, *, in_folder: bool = False) -> ModelError:
     """Intake's reason as the admin reads it: ``Refused: <reason>.``  A file of another installable kind than
-    ``kind`` (a LoRA given to ``/hypernets add``) is named with the command that takes it."""
+    ``kind`` (a LoRA given to ``/hypernets add``) is named with the command that takes it, or for a file in a
+    drop-in folder (``in_folder``), with the folder it belongs in."""
     identity = error.identity
     if kind is not None and identity is not None and identity.kind in INSTALLABLE \
             and identity.kind is not kind.file_kind and runnable(identity):
         other = kind_for_file(identity.kind)
         if other is not None:
-            return ModelError(f"Refused: this is {what_it_is(identity)}, not {kind.article}; add it with "
-                              f"`/{other.command} add`.", identity)
+            fix = (f"move it into the {other.noun} folder (`{other.folder_setting}`)" if in_folder
+                   else f"add it with `/{other.command} add`")
+            return ModelError(f"Refused: this is {what_it_is(identity)}, not {kind.article}; {fix}.", identity)
     text = clean_text(error, 500).strip()
     return ModelError(f"Refused: {text}" + ("" if text.endswith((".", "!", "?")) else "."), identity)
 

@@ -134,7 +134,7 @@ class FolderSync:
         except ModelError as error:
             report.refuse(found.detail, error.message)
         except IntakeRefused as error:
-            report.refuse(found.detail, refused(error, self.kind).message)
+            report.refuse(found.detail, refused(error, self.kind, in_folder=True).message)
         except Exception as error:  # a bug: logged with its traceback, on one line (names in it came from the folder)
             trace = "".join(traceback.format_exception(error))
             log.error("%s folder: checking %s failed: %s", self.kind.noun, clean_text(found.detail, 300),
@@ -162,7 +162,7 @@ class FolderSync:
                     report.unchanged += 1
                     return
             installer.check_name(entry.stem)
-            result = await installer.ingest(self.kind, f, entry.relpath.rsplit("/", 1)[-1])
+            result = await installer.ingest(self.kind, f, entry.relpath.rsplit("/", 1)[-1], in_folder=True)
         options, enabled = ModelOptions(name=entry.stem), True
         if row is not None:  # the file changed: carry the admin's edits over, then replace the old row
             options = ModelOptions(name=entry.stem, description=row.description, trigger_words=row.trigger_words,

@@ -77,14 +77,14 @@ class ModelInstaller:
 
     # ---- steps (lock held) ----------------------------------------------------------------------------------
 
-    async def ingest(self, kind: ModelKind, data: Source, filename: str) -> IntakeResult:
-        """Run intake as ``kind`` on the bytes of an upload or on a file the caller opened once; a refusal becomes a
-        :class:`ModelError`."""
+    async def ingest(self, kind: ModelKind, data: Source, filename: str, *, in_folder: bool = False) -> IntakeResult:
+        """Run intake as ``kind`` on the bytes of an upload or on a file the caller opened once (``in_folder``: from a
+        drop-in folder); a refusal becomes a :class:`ModelError`."""
         try:
             return await ingest_bytes(data, filename=filename, store_dir=self.store_dir, limits=self.limits,
                                       kind=kind.file_kind)
         except IntakeRefused as error:
-            raise refused(error, kind) from None
+            raise refused(error, kind, in_folder=in_folder) from None
 
     async def register(self, kind: ModelKind, result: IntakeResult, *, name: str, guild_id: int | None,
                        added_by: int | None, options: ModelOptions, source: str, source_detail: str | None,

@@ -56,11 +56,6 @@ class AddOutcome:
     model: Any
     notes: tuple[str, ...] = field(default=())
 
-    @property
-    def hypernet(self) -> Any:
-        """The row, under the name the hypernetwork callers knew it by."""
-        return self.model
-
 
 def _clean(text: str, limit: int, what: str) -> str:
     text = (text or "").strip()

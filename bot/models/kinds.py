@@ -68,6 +68,7 @@ class ModelKind:
     has_strength: bool
     extensions: tuple[str, ...]
     any_case: bool  # folder extensions compared ignoring case (A1111's listing for this kind)
+    folder_setting: str  # the config key of its (first) drop-in folder, for messages
     repository: Callable[[Store], ModelRepository[Any, Any]]
     new_row: Callable[[IntakeResult, dict[str, Any]], NewModel]
     fit: Callable[[Any, ModelShape], str | None]  # why a row does little on this checkpoint; None when it fits
@@ -126,18 +127,19 @@ def _embedding_fit(row: Embedding, shape: ModelShape) -> str | None:
 
 HYPERNETS = ModelKind(
     key="hypernet", file_kind=FileKind.HYPERNETWORK, noun="hypernetwork", plural="hypernetworks", title="Hypernetworks",
-    command="hypernets", has_strength=True, extensions=EXTENSIONS, any_case=False,
+    command="hypernets", has_strength=True, extensions=EXTENSIONS, any_case=False, folder_setting="models.hypernetwork_dir",
     repository=lambda store: store.hypernets, new_row=_hypernet_row, fit=_hypernet_fit,
     folders=lambda models: (FolderRoot(Path(models.hypernetwork_dir)),))
 LORAS = ModelKind(
     key="lora", file_kind=FileKind.LORA, noun="LoRA", plural="LoRAs", title="LoRAs", command="loras",
-    has_strength=True, extensions=LORA_EXTENSIONS, any_case=True, repository=lambda store: store.loras,
+    has_strength=True, extensions=LORA_EXTENSIONS, any_case=True, folder_setting="models.lora_dir",
+    repository=lambda store: store.loras,
     new_row=_lora_row, fit=_lora_fit,
     folders=lambda models: (FolderRoot(models.lora_folder, "Lora"), FolderRoot(models.lycoris_folder, "LyCORIS")))
 EMBEDDINGS = ModelKind(
     key="embedding", file_kind=FileKind.EMBEDDING, noun="embedding", plural="embeddings", title="Embeddings",
     command="embeddings", has_strength=False, extensions=EMBEDDING_EXTENSIONS, any_case=True,
-    repository=lambda store: store.embeddings, new_row=_embedding_row, fit=_embedding_fit,
+    folder_setting="models.embedding_dir", repository=lambda store: store.embeddings, new_row=_embedding_row, fit=_embedding_fit,
     folders=lambda models: (FolderRoot(models.embedding_folder),))
 KINDS = (HYPERNETS, LORAS, EMBEDDINGS)
 

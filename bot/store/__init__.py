@@ -22,13 +22,14 @@ from bot.store.embeddings import Embedding, EmbeddingStore, NewEmbedding
 from bot.store.errors import DatabaseBusy, DuplicateModel, InvalidName, NameTaken, NotFound, StoreError
 from bot.store.hypernets import Hypernet, HypernetStore, NewHypernet
 from bot.store.jobs import JOB_STATUSES, DeletedUserData, Job, JobStore, NewJob
-from bot.store.loras import Lora, LoraStore, NewLora
+from bot.store.loras import Lora, LoraStore, NewLora, prompt_names
 from bot.store.models import KINDS, ModelRepository, NewModel, Registered
 
 __all__ = [
     "JOB_STATUSES", "KINDS", "DatabaseBusy", "DeletedUserData", "DuplicateModel", "Embedding", "EmbeddingStore",
     "Hypernet", "HypernetStore", "InvalidName", "Job", "JobStore", "Lora", "LoraStore", "ModelRepository", "NameTaken",
     "NewEmbedding", "NewHypernet", "NewJob", "NewLora", "NewModel", "NotFound", "Registered", "Store", "StoreError",
+    "prompt_names",
 ]
 
 

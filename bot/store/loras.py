@@ -9,7 +9,7 @@ as uploaded and so must be kept.  ``default_multiplier`` is the strength a ``<lo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,7 +17,7 @@ from bot.db import Database
 from bot.store.base import Clock
 from bot.store.models import ModelRepository, NewModel, Registered
 
-__all__ = ["Lora", "LoraStore", "NewLora"]
+__all__ = ["Lora", "LoraStore", "NewLora", "prompt_names"]
 
 
 def _optional_int(value: Any) -> int | None:
@@ -69,3 +69,15 @@ class LoraStore(ModelRepository[NewLora, Lora]):
 
     def __init__(self, db: Database, clock: Clock) -> None:
         super().__init__(db, clock, new_type=NewLora, row_type=Lora, what="LoRA")
+
+
+def prompt_names(usable: Iterable[Lora]) -> dict[str, Lora]:
+    """What a ``<lora:NAME>`` tag may name (exact case, A1111's rule): every registry name, then each alias (kohya's
+    ``ss_output_name``) that is not a name itself; of two LoRAs with one alias, the first given wins (pass
+    :meth:`LoraStore.usable`'s values, which are in name order)."""
+    rows = list(usable)
+    found = {row.name: row for row in rows}
+    for row in rows:
+        if row.alias:
+            found.setdefault(row.alias, row)
+    return found

@@ -69,7 +69,7 @@ async def test_add_from_bytes_then_the_same_file_again_is_one_model(service: Kin
     outcome = await service.add_from_bytes(zoo("relu"), filename="pub_zoo_relu.pt", guild_id=GUILD, added_by=ADMIN,
                                            options=ModelOptions(description="red", trigger_words="crimson",
                                                                 default_multiplier=0.7))
-    hn = outcome.hypernet
+    hn = outcome.model
     assert (hn.name, hn.guild_id, hn.added_by, hn.source) == ("pub_zoo_relu", GUILD, ADMIN, "attachment")
     assert (hn.sizes, hn.layer_structure, hn.activation) == ((320,), (1.0, 0.025, 1.0), "relu")
     assert (hn.description, hn.trigger_words, hn.default_multiplier) == ("red", "crimson", 0.7)
@@ -105,7 +105,7 @@ async def test_names_collide_across_scopes_ignoring_case(service: KindService, s
     assert stored_files(service) == files  # the guild still uses the file: kept
     assert [h.name for h in await store.hypernets.search(OTHER_GUILD, include_disabled=True)] == ["Shared"]
     assert await store.hypernets.visible_names(GUILD) == ["mine", "Shared"]
-    assert mine.hypernet.guild_id == GUILD
+    assert mine.model.guild_id == GUILD
     # Names follow intake's rule (checked before anything is parsed).
     with pytest.raises(ModelError) as err:
         await service.add_from_bytes(zoo("tanh"), filename="t.pt", guild_id=GUILD, added_by=ADMIN,
@@ -114,9 +114,9 @@ async def test_names_collide_across_scopes_ignoring_case(service: KindService, s
 
 
 async def test_disable_hides_and_remove_collects_the_file_when_unreferenced(service: KindService, store: Store) -> None:
-    first = (await service.add_from_bytes(zoo("tanh"), filename="tanh.pt", guild_id=GUILD, added_by=ADMIN)).hypernet
+    first = (await service.add_from_bytes(zoo("tanh"), filename="tanh.pt", guild_id=GUILD, added_by=ADMIN)).model
     second = (await service.add_from_bytes(zoo("tanh"), filename="tanh.pt", guild_id=OTHER_GUILD,
-                                           added_by=ADMIN)).hypernet
+                                           added_by=ADMIN)).model
     assert first.file_name == second.file_name and stored_files(service) == {first.file_name}
 
     await service.set_enabled(first, False)
@@ -209,10 +209,10 @@ async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path, mon
 
     ingest = service.installer.ingest
 
-    async def ingest_with_a_bug(kind, data, filename):  # type: ignore[no-untyped-def]
+    async def ingest_with_a_bug(kind, data, filename, **where):  # type: ignore[no-untyped-def]
         if filename == "aaa_crash.pt":
             raise RuntimeError("simulated bug")
-        return await ingest(kind, data, filename)
+        return await ingest(kind, data, filename, **where)
 
     monkeypatch.setattr(service.installer, "ingest", ingest_with_a_bug)
     with caplog.at_level(logging.INFO, logger="bot.models"):
@@ -274,11 +274,11 @@ async def test_incompatible_sizes_are_flagged(store: Store, tmp_path: Path) -> N
     outcome = await sd2.add_from_bytes((Path(__file__).resolve().parents[1] / "fixtures" / "hypernetworks"
                                         / "pub_swish_1-0.1-1_768_actout.pt").read_bytes(), filename="swish.pt",
                                        guild_id=GUILD, added_by=ADMIN)
-    assert outcome.hypernet.sizes == (768,)
+    assert outcome.model.sizes == (768,)
     assert outcome.notes == ("Made for SD 1.x (text context 768) but this model is SD 2.x (text context 1024), so it "
                              "has no effect here",)
-    assert make_service(store, tmp_path, shape=SD1).compatibility(outcome.hypernet) is None
-    assert make_service(store, tmp_path, shape=None).compatibility(outcome.hypernet) is None  # engine not up yet
+    assert make_service(store, tmp_path, shape=SD1).compatibility(outcome.model) is None
+    assert make_service(store, tmp_path, shape=None).compatibility(outcome.model) is None  # engine not up yet
 
 
 async def test_download_refusals_write_nothing(service: KindService, store: Store) -> None:
