@@ -81,10 +81,31 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """The drop-in folders are A1111's; ``lora_dir``, ``lycoris_dir`` and ``embedding_dir`` default ("") to the folders
+    of those names next to ``hypernetwork_dir`` (``models/Lora``, ``models/LyCORIS``, ``models/embeddings``)."""
+
     hypernetwork_dir: str = _opt("models/hypernetworks")
+    lora_dir: str = _opt("")
+    lycoris_dir: str = _opt("")
+    embedding_dir: str = _opt("")
     store_dir: str = _opt("models/store")
     checkpoint: str = _opt("stable-diffusion-v1-5/stable-diffusion-v1-5")
     model_name: str = _opt("")
+
+    def _beside_hypernetworks(self, configured: str, name: str) -> Path:
+        return Path(configured) if configured else Path(self.hypernetwork_dir).parent / name
+
+    @property
+    def lora_folder(self) -> Path:
+        return self._beside_hypernetworks(self.lora_dir, "Lora")
+
+    @property
+    def lycoris_folder(self) -> Path:
+        return self._beside_hypernetworks(self.lycoris_dir, "LyCORIS")
+
+    @property
+    def embedding_folder(self) -> Path:
+        return self._beside_hypernetworks(self.embedding_dir, "embeddings")
 
 
 @dataclass(frozen=True)

@@ -9,4 +9,4 @@ shows its progress and result: the job service's presenter), :mod:`cogs.delivery
 Cogs reach every service through ``interaction.client`` typed as :class:`bot.app.HypercordBot`.
 """
 
-EXTENSIONS = ("cogs.imagine", "cogs.history", "cogs.hypernets", "cogs.owner")
+EXTENSIONS = ("cogs.imagine", "cogs.history", "cogs.hypernets", "cogs.loras", "cogs.embeddings", "cogs.owner")

@@ -1,4 +1,4 @@
-"""Hypernet name autocomplete, shared by /imagine, /history and the models cog.
+"""Model name autocomplete (hypernetworks, LoRAs, embeddings), shared by /imagine, /history and the model cogs.
 
 Why a function over the store rather than a cache: the registry query is indexed and small, and reading it at
 each keystroke means a model added, disabled or removed by an admin shows up (or disappears) at once.  Discord
@@ -9,17 +9,17 @@ commands validate the final value again.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 
-from bot.store import Store
+from bot.store import ModelRepository, Store
 
 if TYPE_CHECKING:
     from bot.app import HypercordBot
 
-__all__ = ["guarded_choices", "hypernet_autocomplete", "hypernet_choices"]
+__all__ = ["guarded_choices", "hypernet_autocomplete", "hypernet_choices", "model_choices"]
 
 log = logging.getLogger(__name__)
 MAX_CHOICES = 25
@@ -27,11 +27,16 @@ MAX_CHOICES = 25
 
 async def hypernet_choices(store: Store, guild_id: int | None, current: str, *,
                            include_disabled: bool = False) -> list[app_commands.Choice[str]]:
-    """Up to 25 models visible in this guild whose name, description or trigger words contain ``current``.
+    """:func:`model_choices` over the hypernetworks."""
+    return await model_choices(store.hypernets, guild_id, current, include_disabled=include_disabled)
 
-    Names that start with the typed text come first."""
+
+async def model_choices(models: ModelRepository[Any, Any], guild_id: int | None, current: str, *,
+                        include_disabled: bool = False) -> list[app_commands.Choice[str]]:
+    """Up to 25 models of one kind visible in this guild whose name, description or trigger words contain
+    ``current``.  Names that start with the typed text come first."""
     query = current.strip() or None
-    found = await store.hypernets.search(guild_id, query, include_disabled=include_disabled, limit=MAX_CHOICES)
+    found = await models.search(guild_id, query, include_disabled=include_disabled, limit=MAX_CHOICES)
     folded = (current or "").strip().casefold()
     found.sort(key=lambda h: (not h.name.casefold().startswith(folded), h.name.casefold()))
     choices = []

@@ -10,7 +10,9 @@ here, so no reply or log line carries a stranger's newlines, terminal escapes or
 from __future__ import annotations
 
 from bot.errors import UserFacingError
-from engine.intake import FileIdentity, IntakeRefused, clean_text, quote_text
+from bot.models.kinds import ModelKind, kind_for_file
+from engine.intake import INSTALLABLE, FileIdentity, IntakeRefused, clean_text, quote_text, what_it_is
+from engine.intake.identify import runnable
 from engine.names import InvalidModelName
 
 __all__ = ["ModelError", "bad_name", "refused"]
@@ -27,10 +29,20 @@ class ModelError(UserFacingError):
         self.identity = identity
 
 
-def refused(error: IntakeRefused) -> ModelError:
-    """Intake's reason as the admin reads it: ``Refused: <reason>.``"""
+def refused(error: IntakeRefused, kind: ModelKind | None = None, *, in_folder: bool = False) -> ModelError:
+    """Intake's reason as the admin reads it: ``Refused: <reason>.``  A file of another installable kind than
+    ``kind`` (a LoRA given to ``/hypernets add``) is named with the command that takes it, or for a file in a
+    drop-in folder (``in_folder``), with the folder it belongs in."""
+    identity = error.identity
+    if kind is not None and identity is not None and identity.kind in INSTALLABLE \
+            and identity.kind is not kind.file_kind and runnable(identity):
+        other = kind_for_file(identity.kind)
+        if other is not None:
+            fix = (f"move it into the {other.noun} folder (`{other.folder_setting}`)" if in_folder
+                   else f"add it with `/{other.command} add`")
+            return ModelError(f"Refused: this is {what_it_is(identity)}, not {kind.article}; {fix}.", identity)
     text = clean_text(error, 500).strip()
-    return ModelError(f"Refused: {text}" + ("" if text.endswith((".", "!", "?")) else "."), error.identity)
+    return ModelError(f"Refused: {text}" + ("" if text.endswith((".", "!", "?")) else "."), identity)
 
 
 def bad_name(name: str, error: InvalidModelName, *, from_file: bool = False) -> ModelError:

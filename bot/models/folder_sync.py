@@ -1,4 +1,4 @@
-"""The A1111-style drop-in folder kept in line with the registry (models of source ``folder``, global).
+"""A kind's A1111-style drop-in folders kept in line with the registry (models of source ``folder``, global).
 
 Why a class of its own: a rescan is a reconciliation (what is on disk against the rows of source ``folder``) with
 rules of its own — the last file of a stem wins, changed files keep the admin's edits, unchanged files are not
@@ -7,7 +7,8 @@ registration, garbage collection) under the installer's lock, so a folder file i
 upload.  Each file is opened once (:func:`engine.intake.open_in_folder`) and that open file is hashed, checked and
 installed, so a file swapped or a link re-pointed meanwhile cannot slip in.  One bad file never stops a scan: every
 file's failure, expected or not, is caught, logged and reported, and the good files around it are installed.
-Called at bot start and by the owners' ``/hypernets rescan``.
+One instance per kind (hypernetworks, LoRAs, embeddings; the LoRAs' two folders ``models/Lora`` and
+``models/LyCORIS`` are one list, as in A1111).  Called at bot start and by the owners' ``/<kind> rescan``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import asyncio
 import logging
 import os
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from bot.models.errors import ModelError, refused
 from bot.models.install import ModelInstaller, ModelOptions
-from bot.store import Hypernet
+from bot.models.kinds import FolderRoot, ModelKind
 from engine.intake import FolderEntry, IntakeRefused, clean_text, file_sha256, open_in_folder, scan_folder
 
 __all__ = ["FolderSync", "FolderSyncReport"]
@@ -52,8 +54,20 @@ class FolderSyncReport:
         self.refused.append((clean_text(relpath, 200), clean_text(reason, 400)))
 
 
+@dataclass(frozen=True)
+class _Found:
+    """A listed file and the folder it is in; ``detail`` is what its row stores (:meth:`FolderRoot.detail`)."""
+
+    root: FolderRoot
+    entry: FolderEntry
+
+    @property
+    def detail(self) -> str:
+        return self.root.detail(self.entry.relpath)
+
+
 class FolderSync:
-    """Rescans of one folder; remembers ``(size, mtime)`` of each relative path last seen installed.
+    """Rescans of one kind's folders; remembers ``(size, mtime)`` of each file last seen installed.
 
     Rules of a rescan: new files are added; changed files are re-validated and replace their model (keeping
     description, trigger words, default multiplier and enabled; a changed file that fails intake leaves the old
@@ -64,9 +78,11 @@ class FolderSync:
     their sha256, so they are not parsed again.
     """
 
-    def __init__(self, installer: ModelInstaller, folder: str | Path) -> None:
+    def __init__(self, installer: ModelInstaller, kind: ModelKind, roots: Sequence[FolderRoot]) -> None:
         self._installer = installer
-        self.folder = Path(folder)
+        self.kind = kind
+        self.roots = tuple(roots)
+        self._registry = kind.repository(installer.store)
         self._known: dict[str, tuple[int, float]] = {}
 
     async def run(self) -> FolderSyncReport:
@@ -74,79 +90,86 @@ class FolderSync:
         installer, report = self._installer, FolderSyncReport()
         async with installer.lock:  # no intake runs meanwhile, so any temp folder in the store is a crash's leftover
             await installer.purge_temp()
-            scan = await asyncio.to_thread(scan_folder, self.folder)
-            for relpath, reason in scan.skipped:
-                report.refuse(relpath, f"Skipped: {reason}.")
-            rows = {h.source_detail: h for h in await self._folder_rows() if h.source_detail}
-            winners: dict[str, FolderEntry] = {}
-            for entry in scan.entries:  # sorted by path ignoring case: the last one of a stem wins
-                previous = winners.get(entry.stem.casefold())
+            rows = {m.source_detail: m for m in await self._folder_rows() if m.source_detail}
+            winners: dict[str, _Found] = {}
+            for found in await self._listing(report):  # by folder, then by path ignoring case: the last of a stem wins
+                previous = winners.get(found.entry.stem.casefold())
                 if previous is not None:
-                    report.refuse(previous.relpath, f"Skipped: shadowed by `{clean_text(entry.relpath)}` (same name).")
-                winners[entry.stem.casefold()] = entry
-            wanted = {e.relpath: e for e in winners.values()}
-            for relpath, row in rows.items():
-                if relpath not in wanted:
-                    await installer.store.hypernets.remove(row.id)
-                    self._known.pop(relpath, None)
+                    report.refuse(previous.detail, f"Skipped: shadowed by `{clean_text(found.detail)}` (same name).")
+                winners[found.entry.stem.casefold()] = found
+            wanted = {found.detail: found for found in winners.values()}
+            for detail, row in rows.items():
+                if detail not in wanted:
+                    await self._registry.remove(row.id)
+                    self._known.pop(detail, None)
                     report.removed.append(row.name)
-            for entry in wanted.values():
-                await self._sync_guarded(entry, rows.get(entry.relpath), report)
+            for found in wanted.values():
+                await self._sync_guarded(found, rows.get(found.detail), report)
             report.deleted_files = await installer.collect()
         for relpath, reason in report.refused:
-            log.warning("model folder: %s not installed: %s", relpath, reason)
-        log.info("model folder %s: %s", clean_text(self.folder, 300), report.summary())
+            log.warning("%s folder: %s not installed: %s", self.kind.noun, relpath, reason)
+        log.info("%s folders %s: %s", self.kind.noun, ", ".join(clean_text(r.path, 300) for r in self.roots),
+                 report.summary())
         return report
 
-    async def _folder_rows(self) -> list[Hypernet]:
-        hypernets = self._installer.store.hypernets
-        rows: list[Hypernet] = []
-        while page := await hypernets.search(None, include_disabled=True, offset=len(rows), limit=100):
-            rows += page
-        return [h for h in rows if h.source == "folder"]
+    async def _listing(self, report: FolderSyncReport) -> list[_Found]:
+        found: list[_Found] = []
+        for root in self.roots:
+            scan = await asyncio.to_thread(scan_folder, root.path, self.kind.extensions, any_case=self.kind.any_case)
+            for relpath, reason in scan.skipped:
+                report.refuse(root.detail(relpath), f"Skipped: {reason}.")
+            found += [_Found(root, entry) for entry in scan.entries]
+        return found
 
-    async def _sync_guarded(self, entry: FolderEntry, row: Hypernet | None, report: FolderSyncReport) -> None:
+    async def _folder_rows(self) -> list[Any]:
+        rows: list[Any] = []
+        while page := await self._registry.search(None, include_disabled=True, offset=len(rows), limit=100):
+            rows += page
+        return [m for m in rows if m.source == "folder"]
+
+    async def _sync_guarded(self, found: _Found, row: Any | None, report: FolderSyncReport) -> None:
         """One file, whatever happens to it: a refusal is reported, a bug is logged and reported too."""
         try:
-            await self._sync_entry(entry, row, report)
+            await self._sync_entry(found, row, report)
         except ModelError as error:
-            report.refuse(entry.relpath, error.message)
+            report.refuse(found.detail, error.message)
         except IntakeRefused as error:
-            report.refuse(entry.relpath, refused(error).message)
+            report.refuse(found.detail, refused(error, self.kind, in_folder=True).message)
         except Exception as error:  # a bug: logged with its traceback, on one line (names in it came from the folder)
             trace = "".join(traceback.format_exception(error))
-            log.error("model folder: checking %s failed: %s", clean_text(entry.relpath, 300), clean_text(trace, 8000))
-            report.refuse(entry.relpath, OUR_SIDE)
+            log.error("%s folder: checking %s failed: %s", self.kind.noun, clean_text(found.detail, 300),
+                      clean_text(trace, 8000))
+            report.refuse(found.detail, OUR_SIDE)
         else:
             return
-        if row is not None and await self._installer.store.hypernets.get(row.id) is None:
+        if row is not None and await self._registry.get(row.id) is None:
             report.removed.append(row.name)  # replaced row was dropped but the new one could not be added
 
-    async def _sync_entry(self, entry: FolderEntry, row: Hypernet | None, report: FolderSyncReport) -> None:
-        installer = self._installer
+    async def _sync_entry(self, found: _Found, row: Any | None, report: FolderSyncReport) -> None:
+        installer, entry, detail = self._installer, found.entry, found.detail
         stamp = (entry.size, entry.mtime)
         same_name = row is not None and row.name == entry.stem
-        if same_name and self._known.get(entry.relpath) == stamp:
+        if same_name and self._known.get(detail) == stamp:
             report.unchanged += 1
             return
-        with await asyncio.to_thread(open_in_folder, self.folder, entry.relpath) as f:
+        with await asyncio.to_thread(open_in_folder, found.root.path, entry.relpath) as f:
             st = os.fstat(f.fileno())
             stamp = (st.st_size, st.st_mtime)  # of the file actually read, which may have changed since the listing
             if same_name:
                 assert row is not None
                 if await asyncio.to_thread(file_sha256, f) == row.sha256:
-                    self._known[entry.relpath] = stamp
+                    self._known[detail] = stamp
                     report.unchanged += 1
                     return
             installer.check_name(entry.stem)
-            result = await installer.ingest(f, entry.relpath.rsplit("/", 1)[-1])
+            result = await installer.ingest(self.kind, f, entry.relpath.rsplit("/", 1)[-1], in_folder=True)
         options, enabled = ModelOptions(name=entry.stem), True
         if row is not None:  # the file changed: carry the admin's edits over, then replace the old row
             options = ModelOptions(name=entry.stem, description=row.description, trigger_words=row.trigger_words,
                                    default_multiplier=row.default_multiplier)
             enabled = row.enabled
-            await installer.store.hypernets.remove(row.id)
-        await installer.register(result, name=entry.stem, guild_id=None, added_by=None, options=options,
-                                 source="folder", source_detail=entry.relpath, enabled=enabled)
-        self._known[entry.relpath] = stamp
+            await self._registry.remove(row.id)
+        await installer.register(self.kind, result, name=entry.stem, guild_id=None, added_by=None, options=options,
+                                 source="folder", source_detail=detail, enabled=enabled)
+        self._known[detail] = stamp
         (report.updated if row is not None else report.added).append(entry.stem)

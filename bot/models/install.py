@@ -1,12 +1,14 @@
-"""The steps every new model goes through, whatever its source: name, duplicates, sandboxed intake, registration.
+"""The steps every new model goes through, whatever its kind and source: name, duplicates, sandboxed intake,
+registration.
 
-Why one installer shared by uploads, links and the drop-in folder: the rules must hold whatever the source —
-check the name, skip files already installed in that scope, run intake (sandboxed parse, canonical file by sha256),
-register, and on any refusal write nothing and say why in one line.  Canonical files are shared between scopes
-(the same file added by two guilds is stored once), so a file is deleted only by :meth:`ModelInstaller.collect`,
-when no registry row references it any more.  :attr:`ModelInstaller.lock` serialises "intake + register" against
-"remove + collect", so a file written by an intake that is about to be registered is never collected in between;
-callers hold it around their whole sequence.
+Why one installer shared by uploads, links and the drop-in folders of every kind: the rules must hold whatever the
+source — check the name, skip files already installed in that scope, run intake (sandboxed parse as the kind the
+admin is adding, canonical file by sha256), register, and on any refusal write nothing and say why in one line.
+Canonical files live in one store folder for all kinds and are shared between scopes (the same file added by two
+guilds is stored once), so a file is deleted only by :meth:`ModelInstaller.collect`, when no registry row of any
+kind references it any more.  :attr:`ModelInstaller.lock` serialises "intake + register" against "remove +
+collect", so a file written by an intake that is about to be registered is never collected in between; callers
+hold it around their whole sequence.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bot.models.errors import ModelError, bad_name, refused
-from bot.store import DuplicateModel, Hypernet, InvalidName, NameTaken, NewHypernet, Store
+from bot.models.kinds import ModelKind
+from bot.store import DuplicateModel, InvalidName, NameTaken, Store
+from bot.store.models import all_model_files
 from engine.intake import IntakeLimits, IntakeRefused, IntakeResult, Source, ingest_bytes, purge_temp
 from engine.names import InvalidModelName, check_model_name
 
@@ -58,40 +63,41 @@ class ModelInstaller:
         except InvalidModelName as error:
             raise bad_name(name, error, from_file=from_file) from None
 
-    async def check_name_free(self, name: str, guild_id: int | None) -> None:
-        """Refuse early (before the sandbox runs) when the name clashes with what this guild sees."""
+    async def check_name_free(self, kind: ModelKind, name: str, guild_id: int | None) -> None:
+        """Refuse early (before the sandbox runs) when the name clashes with what this guild sees of the kind."""
         wanted = name.casefold()
-        for existing in await self.store.hypernets.visible_names(guild_id, enabled_only=False):
+        for existing in await kind.repository(self.store).visible_names(guild_id, enabled_only=False):
             if existing.casefold() == wanted:
                 raise ModelError(str(NameTaken(name, existing)))
 
-    async def check_not_installed(self, sha256: str, guild_id: int | None) -> None:
-        for row in await self.store.hypernets.by_sha256(sha256):
+    async def check_not_installed(self, kind: ModelKind, sha256: str, guild_id: int | None) -> None:
+        for row in await kind.repository(self.store).by_sha256(sha256):
             if row.guild_id == guild_id:
                 raise ModelError(str(DuplicateModel(row.name)))
 
     # ---- steps (lock held) ----------------------------------------------------------------------------------
 
-    async def ingest(self, data: Source, filename: str) -> IntakeResult:
-        """Run intake on the bytes of an upload or on a file the caller opened once; a refusal becomes a
-        :class:`ModelError`."""
+    async def ingest(self, kind: ModelKind, data: Source, filename: str, *, in_folder: bool = False) -> IntakeResult:
+        """Run intake as ``kind`` on the bytes of an upload or on a file the caller opened once (``in_folder``: from a
+        drop-in folder); a refusal becomes a :class:`ModelError`."""
         try:
-            return await ingest_bytes(data, filename=filename, store_dir=self.store_dir, limits=self.limits)
+            return await ingest_bytes(data, filename=filename, store_dir=self.store_dir, limits=self.limits,
+                                      kind=kind.file_kind)
         except IntakeRefused as error:
-            raise refused(error) from None
+            raise refused(error, kind, in_folder=in_folder) from None
 
-    async def register(self, result: IntakeResult, *, name: str, guild_id: int | None, added_by: int | None,
-                       options: ModelOptions, source: str, source_detail: str | None,
-                       enabled: bool = True) -> Hypernet:
+    async def register(self, kind: ModelKind, result: IntakeResult, *, name: str, guild_id: int | None,
+                       added_by: int | None, options: ModelOptions, source: str, source_detail: str | None,
+                       enabled: bool = True) -> Any:
         """Write the registry row; on a refusal, drop the canonical file again if nothing else uses it."""
-        new = NewHypernet(
+        common: dict[str, Any] = dict(
             name=name, guild_id=guild_id, sha256=result.sha256, file_name=f"{result.sha256}.safetensors",
-            file_size=result.file_size, sizes=result.sizes, layer_structure=result.layer_structure,
-            activation=result.activation, source=source, source_detail=source_detail, base_model=result.base_model,
+            file_size=result.file_size, source=source, source_detail=source_detail, base_model=result.base_model,
             description=options.description, trigger_words=options.trigger_words,
             default_multiplier=options.default_multiplier, enabled=enabled, added_by=added_by)
+        new = kind.new_row(result, common)
         try:
-            return await self.store.hypernets.add(new)
+            return await kind.repository(self.store).add(new)
         except (NameTaken, DuplicateModel, InvalidName) as error:
             message = str(error)
         await self.collect(only={new.file_name})
@@ -99,7 +105,7 @@ class ModelInstaller:
 
     async def collect(self, only: set[str] | None = None) -> list[str]:
         """Delete unreferenced canonical files, all of them or only those named in ``only``; returns their names."""
-        referenced = await self.store.hypernets.all_files()
+        referenced = await all_model_files(self.store.db)
         store_dir = self.store_dir
 
         def sweep() -> list[str]:

@@ -2,7 +2,9 @@
 bot/migrations). Rows come out as frozen dataclasses, so callers can pass them around without touching the database.
 
 ``Store.open(path)`` opens the file, applies migrations and exposes ``.jobs`` (every /imagine and button press; the
-user's history is this table, :mod:`bot.store.jobs`) and ``.hypernets`` (the registry, :mod:`bot.store.hypernets`).
+user's history is this table, :mod:`bot.store.jobs`) and the model registry (:mod:`bot.store.models`), one
+repository per kind with the same API: ``.hypernets`` (:mod:`bot.store.hypernets`), ``.loras``
+(:mod:`bot.store.loras`), ``.embeddings`` (:mod:`bot.store.embeddings`); ``.models(kind)`` picks one by name.
 Exceptions derive from :class:`StoreError` (:mod:`bot.store.errors`); their ``str()`` is safe to show to a Discord
 user.  Import every name from here (``from bot.store import Job``): the submodules are an implementation detail.
 """
@@ -11,17 +13,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from bot.db import Database
 from bot.migrations import MigrationResult, migrate
 from bot.store.base import Clock
+from bot.store.embeddings import Embedding, EmbeddingStore, NewEmbedding
 from bot.store.errors import DatabaseBusy, DuplicateModel, InvalidName, NameTaken, NotFound, StoreError
 from bot.store.hypernets import Hypernet, HypernetStore, NewHypernet
 from bot.store.jobs import JOB_STATUSES, DeletedUserData, Job, JobStore, NewJob
+from bot.store.loras import Lora, LoraStore, NewLora, prompt_names
+from bot.store.models import KINDS, ModelRepository, NewModel, Registered
 
 __all__ = [
-    "JOB_STATUSES", "DatabaseBusy", "DeletedUserData", "DuplicateModel", "Hypernet", "HypernetStore", "InvalidName", "Job",
-    "JobStore", "NameTaken", "NewHypernet", "NewJob", "NotFound", "Store", "StoreError",
+    "JOB_STATUSES", "KINDS", "DatabaseBusy", "DeletedUserData", "DuplicateModel", "Embedding", "EmbeddingStore",
+    "Hypernet", "HypernetStore", "InvalidName", "Job", "JobStore", "Lora", "LoraStore", "ModelRepository", "NameTaken",
+    "NewEmbedding", "NewHypernet", "NewJob", "NewLora", "NewModel", "NotFound", "Registered", "Store", "StoreError",
+    "prompt_names",
 ]
 
 
@@ -33,6 +41,14 @@ class Store:
         self.migration = migration
         self.jobs = JobStore(db, clock)
         self.hypernets = HypernetStore(db, clock)
+        self.loras = LoraStore(db, clock)
+        self.embeddings = EmbeddingStore(db, clock)
+
+    def models(self, kind: str) -> ModelRepository[NewModel, NewModel]:
+        """The registry of one kind (``hypernet``, ``lora``, ``embedding``)."""
+        found: dict[str, ModelRepository[Any, Any]] = {"hypernet": self.hypernets, "lora": self.loras,
+                                                       "embedding": self.embeddings}
+        return found[kind]
 
     @classmethod
     async def open(cls, path: str | Path, busy_timeout_ms: int = 5000, *, clock: Clock = time.time) -> Store:

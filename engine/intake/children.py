@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.intake.base import IntakeRefused, MiB, clean_text
-from engine.intake.kinds import Container, FileIdentity, FileKind
+from engine.intake.kinds import Container, FileIdentity, FileKind, kind_article
 
 __all__ = ["IntakeLimits", "run_sandbox"]
 
@@ -84,17 +84,18 @@ def _identity(answer: dict[str, Any], file_size: int, container: Container | Non
     return FileIdentity(kind, file_size, container, label=clean_text(answer.get("label") or "", 60), family=family)
 
 
-def _ending(rc: int, answer: dict[str, Any], limits: IntakeLimits) -> str:
+def _ending(rc: int, answer: dict[str, Any], limits: IntakeLimits, kind: FileKind = FileKind.HYPERNETWORK) -> str:
     """The admin's line for a child that did not answer with a summary or a refusal of its own."""
+    one = kind_article(kind)
     if rc == 3 or answer.get("memory") is True:
         return (f"reading the file needed more than the {limits.sandbox_memory_bytes // MiB} MiB memory limit "
-                "(intake.sandbox_memory_mb); a hypernetwork needs far less, so the file is damaged or hostile")
+                f"(intake.sandbox_memory_mb); {one} needs far less, so the file is damaged or hostile")
     if rc == -signal.SIGXCPU:
-        return (f"reading the file used more than the {limits.sandbox_cpu_s} s CPU limit (intake.sandbox_cpu_s); a "
-                "hypernetwork needs a few seconds, so the file is damaged or hostile")
+        return (f"reading the file used more than the {limits.sandbox_cpu_s} s CPU limit (intake.sandbox_cpu_s); "
+                f"{one} needs a few seconds, so the file is damaged or hostile")
     if rc == -signal.SIGKILL:
-        return ("reading the file was stopped by the system, most likely for using too much memory; a hypernetwork "
-                "needs far less, so the file is damaged or hostile")
+        return (f"reading the file was stopped by the system, most likely for using too much memory; {one} needs "
+                "far less, so the file is damaged or hostile")
     if rc == -signal.SIGXFSZ:
         return "reading the file produced more data than the file holds; it is damaged or hostile, refused"
     if rc < 0 and -rc in _CRASH_SIGNALS:
@@ -111,12 +112,14 @@ def _rewind(f: IO[bytes]) -> None:
 
 
 def run_sandbox(args: list[str], *, stdin: IO[bytes] | Path | None, work_dir: Path, limits: IntakeLimits,
-                fsize_bytes: int, file_size: int = 0, container: Container | None = None) -> dict[str, Any]:
+                fsize_bytes: int, file_size: int = 0, container: Container | None = None,
+                kind: FileKind = FileKind.HYPERNETWORK) -> dict[str, Any]:
     """Run ``python -m engine.intake.sandbox <args>`` in ``work_dir``; return its JSON summary or refuse.
 
     ``stdin`` is the open input file (read from its start) or a path to open; the child answers with one JSON line
     on stdout.  Its stdout and stderr go to files in ``work_dir`` (so RLIMIT_FSIZE bounds them too).
-    ``file_size`` / ``container`` describe the input for the refusal's :class:`FileIdentity`.
+    ``file_size`` / ``container`` describe the input for the refusal's :class:`FileIdentity`; ``kind`` is what the
+    file is being checked as (for the wording of a limit's message).
     """
     cmd = [sys.executable, "-E", "-s", "-m", "engine.intake.sandbox", *args, "--workdir", str(work_dir),
            "--memory-bytes", str(limits.sandbox_memory_bytes), "--cpu-s", str(limits.sandbox_cpu_s),
@@ -143,15 +146,15 @@ def run_sandbox(args: list[str], *, stdin: IO[bytes] | Path | None, work_dir: Pa
             _rewind(source)  # the child moved the shared file offset under the buffer
     answer = _read_answer(out_path)
     if timed_out:
-        raise IntakeRefused(f"reading the file took longer than {limits.sandbox_wall_s:g} s; a hypernetwork takes a "
-                            "few seconds, so the file is damaged or hostile (or the server is overloaded: try again "
+        raise IntakeRefused(f"reading the file took longer than {limits.sandbox_wall_s:g} s; {kind_article(kind)} takes "
+                            "a few seconds, so the file is damaged or hostile (or the server is overloaded: try again "
                             "later)")
     if rc == 0 and answer.get("ok") is True and isinstance(answer.get("summary"), dict):
         return answer["summary"]
     _log_failure(rc, err_path)
     if isinstance(answer.get("refused"), str) and rc in (2, 4):
         raise IntakeRefused(clean_text(answer["refused"], 400), _identity(answer, file_size, container))
-    raise IntakeRefused(_ending(rc, answer, limits))
+    raise IntakeRefused(_ending(rc, answer, limits, kind))
 
 
 def _log_failure(rc: int, err_path: Path) -> None:

@@ -228,7 +228,7 @@ async def _fetch(url: str, sink: Callable[[bytes], Any], *, allowed_hosts: Seque
             total = resp.content_length
             if total is not None and total > max_bytes:
                 raise IntakeRefused(f"the file is larger than the {human_size(max_bytes)} limit "
-                                    "(intake.max_file_mb); check that the link points to a hypernetwork")
+                                    "(intake.max_file_mb); check that the link points to the model file itself")
             done = 0
             head = bytearray()
             await _report(progress, 0, total)
@@ -236,7 +236,7 @@ async def _fetch(url: str, sink: Callable[[bytes], Any], *, allowed_hosts: Seque
                 done += len(chunk)
                 if done > max_bytes:
                     raise IntakeRefused(f"the file is larger than the {human_size(max_bytes)} limit "
-                                        "(intake.max_file_mb); check that the link points to a hypernetwork")
+                                        "(intake.max_file_mb); check that the link points to the model file itself")
                 if len(head) < HEAD_BYTES:
                     head += chunk[: HEAD_BYTES - len(head)]
                     if len(head) == HEAD_BYTES:

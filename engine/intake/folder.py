@@ -1,4 +1,5 @@
-"""A1111's drop-in folder: hypernetwork files the bot owner puts in ``models/hypernetworks/`` (subfolders too).
+"""A1111's drop-in folders: model files the bot owner puts in ``models/hypernetworks/``, ``models/Lora/``,
+``models/embeddings/`` (subfolders too).
 
 Why a listing of its own: the owner may have downloaded those files from anywhere, so each goes through the same
 intake as an upload (the bot's folder sync does that, :mod:`bot.models.folder_sync`); only the name comes from the
@@ -6,11 +7,13 @@ owner's choice of file stem (A1111's rule), still checked with :func:`engine.nam
 :func:`scan_folder` lists candidates cheaply: no file is read, only names, sizes and modification times, which
 the folder sync compares with what it installed before so a rescan only touches what changed.
 
-Rules: ``.pt`` and ``.safetensors`` (lower-case, as A1111 lists ``*.pt`` on Linux); hidden files and folders
-are skipped; linked folders are not entered; a linked file counts only if it resolves inside the folder.  What is
-skipped for a reason the owner should know (a link pointing outside, a dangling link, a linked folder, something
-that is not a regular file) is listed in :attr:`FolderScan.skipped`, never dropped silently.  Entries are sorted
-case-insensitively by relative path, A1111's order (for duplicate stems the last one wins).
+Rules: the kind's extensions (hypernetworks ``.pt`` and ``.safetensors`` in lower case, as A1111 lists ``*.pt`` on
+Linux; LoRAs ``.pt``/``.ckpt``/``.safetensors`` and embeddings ``.pt``/``.bin``/``.safetensors`` in any case, as
+A1111's own listings compare them); hidden files and folders are skipped; linked folders are not entered; a
+linked file counts only if it resolves inside the folder.  What is skipped for a reason the owner should know (a
+link pointing outside, a dangling link, a linked folder, something that is not a regular file) is listed in
+:attr:`FolderScan.skipped`, never dropped silently.  Entries are sorted case-insensitively by relative path,
+A1111's order (for duplicate stems the last one wins).
 
 :func:`open_in_folder` opens one listed file for the whole intake (hash, checks, install read that one open file)
 and checks where the *open file* lives, not where the name pointed when listed, so a link re-pointed after the
@@ -26,13 +29,16 @@ from pathlib import Path
 from typing import IO
 
 from engine.intake.base import IntakeRefused, clean_text
-from engine.intake.ingest import open_regular
+from engine.intake.files import open_regular
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXTENSIONS", "FolderEntry", "FolderScan", "open_in_folder", "scan_folder"]
+__all__ = ["EMBEDDING_EXTENSIONS", "EXTENSIONS", "LORA_EXTENSIONS", "FolderEntry", "FolderScan", "open_in_folder",
+           "scan_folder"]
 
-EXTENSIONS = (".pt", ".safetensors")
+EXTENSIONS = (".pt", ".safetensors")  # hypernetworks
+LORA_EXTENSIONS = (".pt", ".ckpt", ".safetensors")
+EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors")
 OUTSIDE = "it is a link that points outside the models folder; move the file itself into the folder"
 
 
@@ -58,7 +64,13 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def _candidate(root: str, dirpath: str, name: str, scan: FolderScan) -> None:
+def _extension(name: str, extensions: tuple[str, ...], any_case: bool) -> str | None:
+    """The listed extension ``name`` ends with, or None."""
+    compared = name.lower() if any_case else name
+    return next((e for e in extensions if compared.endswith(e)), None)
+
+
+def _candidate(root: str, dirpath: str, name: str, extension: str, scan: FolderScan) -> None:
     path = os.path.join(dirpath, name)
     rel = os.path.relpath(path, root).replace(os.sep, "/")
     if os.path.islink(path):
@@ -76,12 +88,13 @@ def _candidate(root: str, dirpath: str, name: str, scan: FolderScan) -> None:
     if not os.path.isfile(path):
         scan.skipped.append((rel, "it is not a regular file"))
         return
-    stem = name[: -len(next(e for e in EXTENSIONS if name.endswith(e)))]
+    stem = name[: -len(extension)]
     scan.entries.append(FolderEntry(relpath=rel, stem=stem, size=st.st_size, mtime=st.st_mtime))
 
 
-def scan_folder(folder: Path) -> FolderScan:
-    """List the hypernetwork files under ``folder`` (a missing folder: nothing)."""
+def scan_folder(folder: Path, extensions: tuple[str, ...] = EXTENSIONS, *, any_case: bool = False) -> FolderScan:
+    """List the model files under ``folder`` with one of ``extensions`` (lower case; ``any_case``: compared ignoring
+    case); a missing folder: nothing."""
     root = os.path.realpath(folder)
     scan = FolderScan()
     if not os.path.isdir(root):
@@ -104,8 +117,9 @@ def scan_folder(folder: Path) -> FolderScan:
             kept.append(d)
         dirnames[:] = kept
         for name in filenames:
-            if not name.startswith(".") and name.endswith(EXTENSIONS):
-                _candidate(root, dirpath, name, scan)
+            extension = _extension(name, extensions, any_case)
+            if not name.startswith(".") and extension is not None:
+                _candidate(root, dirpath, name, extension, scan)
     scan.entries.sort(key=lambda e: e.relpath.lower())
     scan.skipped.sort(key=lambda s: s[0].lower())
     return scan

@@ -3,12 +3,14 @@
 Why one module: "is this a LoRA, a checkpoint, a web page?" is asked by the upload and folder intake, by the
 downloader (a link that returned an HTML page) and by the sandbox child (a pickle's keys are only known after the
 safe load), and the admin should read the same words whichever asked.  The answer is a typed
-:class:`~engine.intake.kinds.FileIdentity`, so a caller can route a file (one day: LoRA and embedding uploads to
-their own intake) instead of parsing a message.  What is looked at, all bounded: the first 4 KiB (magic numbers,
+:class:`~engine.intake.kinds.FileIdentity`; every refusal is worded for the kind the admin meant to add
+(``expected``: a hypernetwork, a LoRA or an embedding), and a file of another installable kind is named as such, so
+the bot can point to the command that takes it.  What is looked at, all bounded: the first 4 KiB (magic numbers,
 text), a safetensors header (:mod:`engine.intake.safetensors_header`), a zip's member names (its directory size is
-checked first, :func:`engine.intake.containers.open_zip`).  Key names follow kohya / LyCORIS / diffusers for LoRA,
-A1111 for embeddings (``string_to_param``, ``emb_params``, SDXL's ``clip_l``/``clip_g``) and the original Stable
-Diffusion layout for checkpoints (``model.diffusion_model.``).  Torch-free.
+checked first, :func:`engine.intake.containers.open_zip`).  Key names follow kohya / LyCORIS / diffusers for LoRA
+(format and model family from :mod:`engine.lora.detect`, the engine's own classifier, pure Python), A1111 for
+embeddings (``string_to_param``, ``emb_params``, SDXL's ``clip_l``/``clip_g``, or one vector tensor as diffusers
+saves it) and the original Stable Diffusion layout for checkpoints (``model.diffusion_model.``).  Torch-free.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import IO
 
 from engine.intake.base import IntakeRefused, clean_text, damaged, human_size, quote_text
 from engine.intake.containers import open_zip
-from engine.intake.kinds import Container, FileIdentity, FileKind
+from engine.intake.kinds import INSTALLABLE, Container, FileIdentity, FileKind, kind_article, kind_noun
 from engine.intake.safetensors_header import MAX_HEADER_BYTES, HeaderError, header_length, key_sample, read_header
+from engine.lora.detect import describe_shapes
 
-__all__ = ["CANONICAL_FORMAT", "classify_keys", "identify", "identify_head", "identify_loaded", "link_refusal",
-           "refusal"]
+__all__ = ["CANONICAL_FORMAT", "RUNNABLE_FAMILIES", "classify_keys", "identify", "identify_head", "identify_loaded",
+           "link_refusal", "lora_format_label", "refusal", "runnable", "what_it_is"]
 
 CANONICAL_FORMAT = "hypercord-hypernetwork"  # engine.hypernet.canonical.FORMAT (that module needs torch)
 HEAD_BYTES = 4096
@@ -33,7 +36,11 @@ _CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_st
 _LORA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_")
 _LORA_PARTS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".hada_w1_a", ".lokr_w1",
                ".oft_blocks", ".oft_diag")
-_LYCORIS_TYPES = ((".hada_", "LoHa"), (".lokr_", "LoKr"), (".on_input", "(IA)³"), (".oft_", "OFT"), (".diff", "full"))
+#: Model families this engine runs (engine/worker/checkpoints.py refuses SDXL checkpoints).
+RUNNABLE_FAMILIES = ("sd1", "sd2")
+# engine.lora.detect's module types -> the LyCORIS names trainers and model pages use.
+_LYCORIS_TYPES = (("tucker", "LoCon"), ("loha", "LoHa"), ("lokr", "LoKr"), ("ia3", "(IA)³"), ("full", "full"),
+                  ("norm", "norm"), ("glora", "GLoRA"), ("oft", "OFT"))
 _MODEL_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
 _IMAGES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
 _MESSAGES = tuple(re.compile(p) for p in (*(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.){{1,300}})"'
@@ -71,16 +78,12 @@ def identify_head(head: bytes, size: int) -> FileIdentity | None:
     return FileIdentity(FileKind.TEXT, size, excerpt=_excerpt(text))
 
 
-def _lora_label(keys: Collection[str]) -> str:
-    kinds = sorted({what for key in keys for part, what in _LYCORIS_TYPES if part in key})
-    return f"LyCORIS ({', '.join(kinds)})" if kinds else "LoRA"
-
-
-def _second_dim(shapes: Mapping[str, Sequence[int]], pattern: str) -> int | None:
-    for key, shape in shapes.items():
-        if pattern in key and len(shape) >= 2:
-            return int(shape[1])
-    return None
+def lora_format_label(types: Collection[str]) -> str:
+    """``LoRA``, ``LoCon``, ``LyCORIS (LoHa)``, ``LoRA with DoRA``: the format as model pages name it, from
+    :attr:`engine.lora.detect.LoraFileInfo.types`."""
+    lycoris = [name for kind, name in _LYCORIS_TYPES if kind in types]
+    label = f"LyCORIS ({', '.join(lycoris)})" if lycoris else "LoCon" if "locon" in types else "LoRA"
+    return label + (" with DoRA" if "dora" in types else "")
 
 
 def _checkpoint_family(keys: Collection[str]) -> str | None:
@@ -91,12 +94,6 @@ def _checkpoint_family(keys: Collection[str]) -> str | None:
     return None
 
 
-def _lora_family(keys: Collection[str], shapes: Mapping[str, Sequence[int]]) -> str | None:
-    if any(k.startswith("lora_te2_") for k in keys):
-        return "sdxl"
-    return _WIDTH_FAMILY.get(_second_dim(shapes, "attn2_to_k.lora_down") or 0)
-
-
 def _embedding_family(names: Collection[str], shapes: Mapping[str, Sequence[int]]) -> str | None:
     if "clip_g" in names:
         return "sdxl"
@@ -104,17 +101,24 @@ def _embedding_family(names: Collection[str], shapes: Mapping[str, Sequence[int]
     return _WIDTH_FAMILY.get(widths[0] if widths else 0)
 
 
+def _one_vector_tensor(names: Collection[str], shapes: Mapping[str, Sequence[int]]) -> bool:
+    """One tensor of one or more vectors, keyed by its token: how diffusers saves an embedding (``learned_embeds``)."""
+    return len(names) == 1 and len(shapes) == 1 and all(1 <= len(shape) <= 2 for shape in shapes.values())
+
+
 def classify_keys(keys: Collection[str], shapes: Mapping[str, Sequence[int]] | None = None,
-                  ) -> tuple[FileKind, str, str | None] | None:
-    """``(kind, label, family)`` of a state dict from its tensor names (and shapes, for the family), or None."""
+                  metadata: Mapping[str, str] | None = None) -> tuple[FileKind, str, str | None] | None:
+    """``(kind, label, family)`` of a state dict from its tensor names (and shapes and safetensors metadata, for the
+    format and the family), or None."""
     shapes = shapes or {}
     if any(k.startswith(_CHECKPOINT_PREFIXES) for k in keys):
         return FileKind.CHECKPOINT, "Stable Diffusion checkpoint", _checkpoint_family(keys)
     if any(k.startswith(_LORA_PREFIXES) or any(part in k for part in _LORA_PARTS) for k in keys):
-        return FileKind.LORA, _lora_label(keys), _lora_family(keys, shapes)
+        info = describe_shapes(shapes or dict.fromkeys(keys, ()), metadata)
+        return FileKind.LORA, lora_format_label(info.types), info.family
     names = set(keys)
     if names and (names <= {"emb_params"} or {"clip_l", "clip_g"} <= names
-                  or any(k.startswith("string_to_param") for k in names)):
+                  or any(k.startswith("string_to_param") for k in names) or _one_vector_tensor(names, shapes)):
         return FileKind.EMBEDDING, "textual-inversion embedding", _embedding_family(names, shapes)
     return None
 
@@ -160,7 +164,7 @@ def _identify_safetensors(f: IO[bytes], size: int, header_len: int) -> FileIdent
     count, declared = len(header.tensors), header.declared_bytes
     if header.metadata.get("format") == CANONICAL_FORMAT:
         return FileIdentity(FileKind.HYPERNETWORK, size, "safetensors", tensor_count=count, declared_bytes=declared)
-    found = classify_keys(list(header.tensors), {name: t.shape for name, t in header.tensors.items()})
+    found = classify_keys(list(header.tensors), {name: t.shape for name, t in header.tensors.items()}, header.metadata)
     if found is None:
         return FileIdentity(FileKind.SAFETENSORS_OTHER, size, "safetensors", tensor_count=count, declared_bytes=declared)
     return FileIdentity(found[0], size, "safetensors", label=found[1], family=found[2], tensor_count=count,
@@ -199,6 +203,10 @@ def identify(f: IO[bytes], size: int) -> FileIdentity:
 
 # -------------------------------------------------------------------------------------------------- the messages
 
+_FILE_OF = {FileKind.HYPERNETWORK: "the hypernetwork's .pt file", FileKind.LORA: "the LoRA file",
+            FileKind.EMBEDDING: "the embedding file"}
+
+
 def _for_family(identity: FileIdentity) -> str:
     family = FAMILY_LABELS.get(identity.family or "")
     return f" for {family}" if family else ""
@@ -208,26 +216,51 @@ def _quoted(excerpt: str) -> str:
     return f" (“{excerpt}”)" if excerpt else ""
 
 
-def refusal(identity: FileIdentity) -> str | None:
-    """The one-line refusal for a file of this kind (what it is, what to do); None for a hypernetwork candidate."""
+def what_it_is(identity: FileIdentity) -> str:
+    """An installable file in words: ``a hypernetwork``, ``a LyCORIS (LoHa) for SD 1.x``, ``a textual-inversion
+    embedding for SD 2.x``."""
+    if identity.kind is FileKind.LORA:
+        return f"a {identity.label or 'LoRA'}{_for_family(identity)}"
+    if identity.kind is FileKind.EMBEDDING:
+        return f"a textual-inversion embedding{_for_family(identity)}"
+    return kind_article(identity.kind)
+
+
+def runnable(identity: FileIdentity) -> bool:
+    """Whether a model of this family can run here (unknown families are given the benefit of the doubt)."""
+    return identity.family is None or identity.family in RUNNABLE_FAMILIES
+
+
+def _other_safetensors(identity: FileIdentity, expected: FileKind) -> str:
+    count = identity.tensor_count or 0
+    holds = f"this .safetensors file holds {count} tensor{'' if count == 1 else 's'} but no {kind_noun(expected)}"
+    if expected is FileKind.HYPERNETWORK:
+        return f"{holds} (A1111 saves hypernetworks as .pt files); add the hypernetwork's .pt file instead"
+    return f"{holds}; check that you picked the {kind_noun(expected)} file itself"
+
+
+def refusal(identity: FileIdentity, expected: FileKind = FileKind.HYPERNETWORK) -> str | None:
+    """The one-line refusal (what the file is, what to do) for a file given as ``expected`` (an installable kind);
+    None when it may be one (the sandboxed parse decides the rest)."""
     kind = identity.kind
-    if kind in (FileKind.HYPERNETWORK, FileKind.TORCH_PICKLE):
+    if kind is FileKind.TORCH_PICKLE:
         return None
-    if kind is FileKind.LORA:
-        return (f"this is a {identity.label or 'LoRA'}{_for_family(identity)}, not a hypernetwork; only A1111 "
-                "hypernetworks can be installed, LoRA files are not supported yet")
-    if kind is FileKind.EMBEDDING:
-        return (f"this is a textual-inversion embedding{_for_family(identity)}, not a hypernetwork; only A1111 "
-                "hypernetworks can be installed, embeddings are not supported yet")
+    wanted = kind_article(expected)
+    if kind in INSTALLABLE and not runnable(identity):
+        other = "" if kind is expected else f", not {wanted},"
+        return (f"this is {what_it_is(identity)}{other} and this bot runs only SD 1.x and SD 2.x checkpoints, which "
+                "cannot use it; look for its SD 1.x version")
+    if kind is expected:
+        return None
+    if kind in INSTALLABLE:
+        return f"this is {what_it_is(identity)}, not {wanted}; add it as {kind_article(kind)} instead"
     if kind is FileKind.CHECKPOINT:
         family = FAMILY_LABELS.get(identity.family or "")
         facts = human_size(identity.size) + (f", {family}" if family else "")
-        return (f"this is a Stable Diffusion checkpoint ({facts}), not a hypernetwork; the bot's owner sets the "
+        return (f"this is a Stable Diffusion checkpoint ({facts}), not {wanted}; the bot's owner sets the "
                 "checkpoint in the config (models.checkpoint), it cannot be added as a model")
     if kind is FileKind.SAFETENSORS_OTHER:
-        count = identity.tensor_count or 0
-        return (f"this .safetensors file holds {count} tensor{'' if count == 1 else 's'} but no hypernetwork (A1111 "
-                "saves hypernetworks as .pt files); add the hypernetwork's .pt file instead")
+        return _other_safetensors(identity, expected)
     if kind is FileKind.ARCHIVE:
         first = f" holding `{identity.members[0]}`" if identity.members else ""
         return f"the file is a zip archive{first}, not a model file; unpack it and add the model file inside"
@@ -242,16 +275,16 @@ def refusal(identity: FileIdentity) -> str | None:
     if kind is FileKind.TEXT:
         return f"the file is text{_quoted(identity.excerpt)}, not a model file; check that you picked the model file itself"
     if kind is FileKind.IMAGE:
-        return f"the file is a {identity.label} image, not a model file; add the hypernetwork's .pt file, not its preview"
+        return f"the file is a {identity.label} image, not a model file; add {_FILE_OF[expected]}, not its preview"
     if kind is FileKind.EMPTY:
         return "the file is empty (0 bytes); download it again"
     if kind is FileKind.DAMAGED:
         return damaged(identity.problem or "it cannot be parsed")
     return ("the file is not a model file we know (neither a PyTorch .pt nor a .safetensors file); check that you "
-            "picked the hypernetwork file itself")
+            f"picked the {kind_noun(expected)} file itself")
 
 
-def link_refusal(identity: FileIdentity) -> str | None:
+def link_refusal(identity: FileIdentity, expected: FileKind = FileKind.HYPERNETWORK) -> str | None:
     """Like :func:`refusal`, worded for a download link (a web page where a file was expected)."""
     kind = identity.kind
     if kind is FileKind.WEB_PAGE:
@@ -268,4 +301,4 @@ def link_refusal(identity: FileIdentity) -> str | None:
         return f"the link returned a {identity.label} image, not a model file; use the model's direct download link"
     if kind is FileKind.EMPTY:
         return "the link returned an empty file; use the direct download link"
-    return refusal(identity)
+    return refusal(identity, expected)

@@ -2,8 +2,8 @@
 
 Why a module of pure data: the bot-side identification (:mod:`engine.intake.identify`), the sandbox child (which
 learns a pickle's keys only after the safe load) and the refusal error (:class:`engine.intake.base.IntakeRefused`)
-all speak of the same kinds, and a caller (one day: the LoRA or embedding intake) routes a file by
-:attr:`FileIdentity.kind` instead of parsing a message.  Imports nothing of ours.
+all speak of the same kinds, and a caller routes a file by :attr:`FileIdentity.kind` (an admin who gave a LoRA to the
+hypernetwork command is told which command takes it) instead of parsing a message.  Imports nothing of ours.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-__all__ = ["Container", "FileIdentity", "FileKind"]
+__all__ = ["INSTALLABLE", "Container", "FileIdentity", "FileKind", "kind_article", "kind_noun"]
 
 #: The containers a model file can come in: PyTorch zip (``torch.save``), the pre-1.6 PyTorch pickle, safetensors.
 Container = Literal["pt", "pt-legacy", "safetensors"]
@@ -58,3 +58,19 @@ class FileIdentity:
     members: tuple[str, ...] = ()
     excerpt: str = ""
     problem: str = ""
+
+
+#: The kinds intake can install (each has its own registry entries and command group on the bot).
+INSTALLABLE = (FileKind.HYPERNETWORK, FileKind.LORA, FileKind.EMBEDDING)
+_NOUNS = {FileKind.HYPERNETWORK: "hypernetwork", FileKind.LORA: "LoRA", FileKind.EMBEDDING: "embedding"}
+
+
+def kind_noun(kind: FileKind) -> str:
+    """``hypernetwork``, ``LoRA``, ``embedding``: an installable kind as a message names it."""
+    return _NOUNS[kind]
+
+
+def kind_article(kind: FileKind) -> str:
+    """``a hypernetwork``, ``a LoRA``, ``an embedding``."""
+    noun = _NOUNS[kind]
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -11,11 +12,11 @@ import pytest
 from bot.db import Database
 from bot.migrations import Migration, MigrationError, SchemaTooNew, load_migrations, migrate
 from bot.migrations.migrate import split_statements
-from bot.store import NewJob, Store
+from bot.store import NewJob, NewLora, Store
 from engine.render_settings import HypernetRef, RenderSettings
 from tests.requests import new_job
 
-EXPECTED_TABLES = {"jobs", "job_hypernets", "hypernets"}
+EXPECTED_TABLES = {"jobs", "job_hypernets", "job_loras", "models"}
 
 
 def _user_version(path: Path) -> int:
@@ -258,3 +259,47 @@ async def test_a_hypernet_only_in_the_old_json_copy_is_kept(tmp_path: Path) -> N
     finally:
         await store.close()
     assert job is not None and [h.name for h in job.settings.hypernets] == ["waterElemental_10", "fireSpirit"]
+
+
+def _v1_registry(path: Path) -> list[dict[str, object]]:
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM hypernets ORDER BY id")]
+
+
+@pytest.mark.asyncio
+async def test_the_v1_registry_moves_into_the_models_table_unchanged(tmp_path: Path) -> None:
+    path = _v1_copy(tmp_path)
+    before = _v1_registry(path)
+    store = await Store.open(path)
+    try:
+        rows = [await store.hypernets.get(int(str(r["id"]))) for r in before]
+        assert await store.loras.count_search(111, include_disabled=True) == 0
+        assert await store.embeddings.count_search(None, include_disabled=True) == 0
+        # Names are per kind: a LoRA may share a hypernetwork's name; its id continues after the migrated rows.
+        lora = await store.loras.add(NewLora(
+            name="waterElemental_10", guild_id=None, sha256=WATER, file_name=f"{WATER}.safetensors", file_size=1,
+            source="attachment", lora_format="LoRA", family="sd1", context_width=768, text_width=768, unet_modules=1,
+            te_modules=0, alias=None, short_hash="0" * 12))
+        assert await store.hypernets.get(lora.id) is None and await store.hypernets.all_files() == {
+            f"{WATER}.safetensors", f"{FIRE}.safetensors", f"{GOTHIC}.safetensors"}
+    finally:
+        await store.close()
+    assert lora.id == 4
+    for old, row in zip(before, rows, strict=True):
+        assert row is not None
+        assert {f: getattr(row, f) for f in ("id", "name", "guild_id", "sha256", "file_name", "file_size", "base_model",
+                                             "description", "trigger_words", "default_multiplier", "preview_path",
+                                             "added_by", "added_at", "source", "source_detail", "updated_at")} == {
+            f: old[f] for f in ("id", "name", "guild_id", "sha256", "file_name", "file_size", "base_model",
+                                "description", "trigger_words", "default_multiplier", "preview_path", "added_by",
+                                "added_at", "source", "source_detail", "updated_at")}
+        assert row.enabled is bool(old["enabled"]) and row.activation == old["activation"]
+        assert list(row.sizes) == json.loads(str(old["sizes_json"]))
+        assert list(row.layer_structure) == json.loads(str(old["layer_structure_json"]))
+    # The old table's shape lives on as a read-only view, for scripts written against schema 1-3.
+    view = _v1_registry(path)
+    assert [{**r, "sizes_json": json.loads(r["sizes_json"]), "layer_structure_json": json.loads(r["layer_structure_json"])}
+            for r in view] == [{**r, "sizes_json": json.loads(str(r["sizes_json"])),
+                                "layer_structure_json": json.loads(str(r["layer_structure_json"]))} for r in before]
+    assert "hypernets" not in _tables(path)

@@ -18,7 +18,7 @@ import pytest_asyncio
 import torch
 
 from bot.config import IntakeSettings, ModelSettings, Settings
-from bot.models import ModelError, ModelOptions, ModelService
+from bot.models import KindService, ModelError, ModelOptions, ModelService
 from bot.store import NewHypernet, Store
 from engine.fit import ModelShape
 from engine.intake import FileKind
@@ -44,27 +44,32 @@ SD1 = ModelShape(768, frozenset({320, 640, 1280}))
 SD2 = ModelShape(1024, frozenset({320, 640, 1280}))
 
 
-def make_service(store: Store, root: Path, shape: ModelShape | None = SD1) -> ModelService:
+def make_models(store: Store, root: Path, shape: ModelShape | None = SD1) -> ModelService:
     settings = Settings(models=ModelSettings(hypernetwork_dir=str(root / "hypernetworks"), store_dir=str(root / "store")),
                         intake=IntakeSettings(sandbox_cpu_s=30))
     return ModelService(store, settings, model_shape=lambda: shape)
 
 
+def make_service(store: Store, root: Path, shape: ModelShape | None = SD1) -> KindService:
+    """The hypernetworks' service of a fresh ModelService (as a restarted bot would build it)."""
+    return make_models(store, root, shape).hypernets
+
+
 @pytest.fixture
-def service(store: Store, tmp_path: Path) -> ModelService:
+def service(store: Store, tmp_path: Path) -> KindService:
     return make_service(store, tmp_path)
 
 
-def stored_files(service: ModelService) -> set[str]:
+def stored_files(service: KindService) -> set[str]:
     store_dir = service.installer.store_dir
     return {p.name for p in store_dir.glob("*") if p.is_file()} if store_dir.exists() else set()
 
 
-async def test_add_from_bytes_then_the_same_file_again_is_one_model(service: ModelService, store: Store) -> None:
+async def test_add_from_bytes_then_the_same_file_again_is_one_model(service: KindService, store: Store) -> None:
     outcome = await service.add_from_bytes(zoo("relu"), filename="pub_zoo_relu.pt", guild_id=GUILD, added_by=ADMIN,
                                            options=ModelOptions(description="red", trigger_words="crimson",
                                                                 default_multiplier=0.7))
-    hn = outcome.hypernet
+    hn = outcome.model
     assert (hn.name, hn.guild_id, hn.added_by, hn.source) == ("pub_zoo_relu", GUILD, ADMIN, "attachment")
     assert (hn.sizes, hn.layer_structure, hn.activation) == ((320,), (1.0, 0.025, 1.0), "relu")
     assert (hn.description, hn.trigger_words, hn.default_multiplier) == ("red", "crimson", 0.7)
@@ -77,7 +82,7 @@ async def test_add_from_bytes_then_the_same_file_again_is_one_model(service: Mod
     assert await store.hypernets.count_search(GUILD, include_disabled=True) == 1
 
 
-async def test_names_collide_across_scopes_ignoring_case(service: ModelService, store: Store) -> None:
+async def test_names_collide_across_scopes_ignoring_case(service: KindService, store: Store) -> None:
     await service.add_from_bytes(zoo("elu"), filename="x.pt", guild_id=None, added_by=1,
                                  options=ModelOptions(name="Shared"))
     # A guild cannot take a global name in any case; refused before the file is even parsed.
@@ -100,7 +105,7 @@ async def test_names_collide_across_scopes_ignoring_case(service: ModelService, 
     assert stored_files(service) == files  # the guild still uses the file: kept
     assert [h.name for h in await store.hypernets.search(OTHER_GUILD, include_disabled=True)] == ["Shared"]
     assert await store.hypernets.visible_names(GUILD) == ["mine", "Shared"]
-    assert mine.hypernet.guild_id == GUILD
+    assert mine.model.guild_id == GUILD
     # Names follow intake's rule (checked before anything is parsed).
     with pytest.raises(ModelError) as err:
         await service.add_from_bytes(zoo("tanh"), filename="t.pt", guild_id=GUILD, added_by=ADMIN,
@@ -108,10 +113,10 @@ async def test_names_collide_across_scopes_ignoring_case(service: ModelService, 
     assert err.value.message.startswith("`two words` cannot be a model name: model names cannot contain spaces")
 
 
-async def test_disable_hides_and_remove_collects_the_file_when_unreferenced(service: ModelService, store: Store) -> None:
-    first = (await service.add_from_bytes(zoo("tanh"), filename="tanh.pt", guild_id=GUILD, added_by=ADMIN)).hypernet
+async def test_disable_hides_and_remove_collects_the_file_when_unreferenced(service: KindService, store: Store) -> None:
+    first = (await service.add_from_bytes(zoo("tanh"), filename="tanh.pt", guild_id=GUILD, added_by=ADMIN)).model
     second = (await service.add_from_bytes(zoo("tanh"), filename="tanh.pt", guild_id=OTHER_GUILD,
-                                           added_by=ADMIN)).hypernet
+                                           added_by=ADMIN)).model
     assert first.file_name == second.file_name and stored_files(service) == {first.file_name}
 
     await service.set_enabled(first, False)
@@ -136,7 +141,7 @@ async def test_disable_hides_and_remove_collects_the_file_when_unreferenced(serv
     assert await store.hypernets.count_search(OTHER_GUILD, include_disabled=True) == 0
 
 
-async def test_permissions_between_scopes(service: ModelService, store: Store) -> None:
+async def test_permissions_between_scopes(service: KindService, store: Store) -> None:
     row = await store.hypernets.add(NewHypernet(
         name="g", guild_id=None, sha256="a" * 64, file_name="a" * 64 + ".safetensors", file_size=1, sizes=(768,),
         layer_structure=(1.0, 2.0, 1.0), activation="relu", source="attachment"))
@@ -157,7 +162,7 @@ def malicious_file(path: Path, marker: Path) -> bytes:
     return path.read_bytes()
 
 
-async def test_refused_upload_says_why_and_writes_nothing(service: ModelService, store: Store, tmp_path: Path) -> None:
+async def test_refused_upload_says_why_and_writes_nothing(service: KindService, store: Store, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     data = malicious_file(tmp_path / "evil.pt", marker)
     with pytest.raises(ModelError) as err:
@@ -184,7 +189,7 @@ def touch_later(path: Path) -> None:
 async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     service = make_service(store, tmp_path)
-    folder = service.folder_sync.folder
+    folder = service.folder_sync.roots[0].path
     (folder / "sub" / "deeper").mkdir(parents=True)
     shutil.copy(ZOO / "pub_zoo_relu.pt", folder / "sub" / "deeper" / "alpha.pt")
     shutil.copy(ZOO / "pub_zoo_elu.pt", folder / "beta.pt")
@@ -204,10 +209,10 @@ async def test_folder_scan_at_start_and_rescan(store: Store, tmp_path: Path, mon
 
     ingest = service.installer.ingest
 
-    async def ingest_with_a_bug(data, filename):  # type: ignore[no-untyped-def]
+    async def ingest_with_a_bug(kind, data, filename, **where):  # type: ignore[no-untyped-def]
         if filename == "aaa_crash.pt":
             raise RuntimeError("simulated bug")
-        return await ingest(data, filename)
+        return await ingest(kind, data, filename, **where)
 
     monkeypatch.setattr(service.installer, "ingest", ingest_with_a_bug)
     with caplog.at_level(logging.INFO, logger="bot.models"):
@@ -269,14 +274,14 @@ async def test_incompatible_sizes_are_flagged(store: Store, tmp_path: Path) -> N
     outcome = await sd2.add_from_bytes((Path(__file__).resolve().parents[1] / "fixtures" / "hypernetworks"
                                         / "pub_swish_1-0.1-1_768_actout.pt").read_bytes(), filename="swish.pt",
                                        guild_id=GUILD, added_by=ADMIN)
-    assert outcome.hypernet.sizes == (768,)
+    assert outcome.model.sizes == (768,)
     assert outcome.notes == ("Made for SD 1.x (text context 768) but this model is SD 2.x (text context 1024), so it "
                              "has no effect here",)
-    assert make_service(store, tmp_path, shape=SD1).compatibility(outcome.hypernet) is None
-    assert make_service(store, tmp_path, shape=None).compatibility(outcome.hypernet) is None  # engine not up yet
+    assert make_service(store, tmp_path, shape=SD1).compatibility(outcome.model) is None
+    assert make_service(store, tmp_path, shape=None).compatibility(outcome.model) is None  # engine not up yet
 
 
-async def test_download_refusals_write_nothing(service: ModelService, store: Store) -> None:
+async def test_download_refusals_write_nothing(service: KindService, store: Store) -> None:
     with pytest.raises(ModelError) as err:
         await service.add_from_url("http://civitai.com/x.pt", guild_id=GUILD, added_by=ADMIN)
     assert err.value.message == "Refused: only https:// download links are accepted."

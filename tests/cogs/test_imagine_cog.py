@@ -80,8 +80,8 @@ async def test_hypernet_option_with_and_without_multiplier(hc: Harness, nets) ->
 
 async def test_hypernet_for_another_model_family_is_flagged_in_the_result(hc: Harness) -> None:
     sd2_file = Path(__file__).resolve().parents[1] / "fixtures" / "hypernetworks" / "pub_gelu_1-0.05-1_1024_sd2.pt"
-    await hc.bot.models.add_from_bytes(sd2_file.read_bytes(), filename="sd2Only.pt", guild_id=hc.fake.guild.id,
-                                       added_by=hc.fake.member_admin.id)
+    await hc.bot.models.hypernets.add_from_bytes(sd2_file.read_bytes(), filename="sd2Only.pt",
+                                                 guild_id=hc.fake.guild.id, added_by=hc.fake.member_admin.id)
     rec = await hc.fake.slash(hc.fake.member_plain, "imagine", {"prompt": "a castle hypernet:sd2Only", "steps": 1})
     msg = await hc.wait_result(rec)
     warning = next(f["value"] for f in msg.embeds[0]["fields"] if f["name"] == "⚠️ Warnings")

@@ -172,13 +172,15 @@ async def test_redirect_to_a_disallowed_host(server: str) -> None:
 @pytest.mark.asyncio
 async def test_oversize_by_content_length(server: str) -> None:
     assert await refusal(f"{server}/big-header", max_bytes=4096) == (
-        "the file is larger than the 4 KiB limit (intake.max_file_mb); check that the link points to a hypernetwork")
+        "the file is larger than the 4 KiB limit (intake.max_file_mb); check that the link points to the model file "
+        "itself")
 
 
 @pytest.mark.asyncio
 async def test_oversize_while_streaming(server: str) -> None:
     assert await refusal(f"{server}/big-stream", max_bytes=10_000) == (
-        "the file is larger than the 9.8 KiB limit (intake.max_file_mb); check that the link points to a hypernetwork")
+        "the file is larger than the 9.8 KiB limit (intake.max_file_mb); check that the link points to the model file "
+        "itself")
 
 
 @pytest.mark.asyncio

@@ -52,24 +52,23 @@ CASES = {
         st({f"{KOHYA_K}.lora_down.weight": torch.zeros(4, 768), f"{KOHYA_K}.lora_up.weight": torch.zeros(320, 4),
             f"{KOHYA_K}.alpha": torch.tensor(4.0)}, {"ss_network_module": "networks.lora"}),
         FileKind.LORA,
-        "this is a LoRA for SD 1.x, not a hypernetwork; only A1111 hypernetworks can be installed, LoRA files are not "
-        "supported yet"),
+        "this is a LoRA for SD 1.x, not a hypernetwork; add it as a LoRA instead"),
     "LyCORIS LoHa for SDXL": (
         st({"lora_te2_text_model_encoder_layers_0_mlp_fc1.hada_w1_a": torch.zeros(1280, 4),
             "lora_te2_text_model_encoder_layers_0_mlp_fc1.hada_w1_b": torch.zeros(4, 1280)}),
         FileKind.LORA,
-        "this is a LyCORIS (LoHa) for SDXL, not a hypernetwork; only A1111 hypernetworks can be installed, LoRA files "
-        "are not supported yet"),
+        "this is a LyCORIS (LoHa) for SDXL, not a hypernetwork, and this bot runs only SD 1.x and SD 2.x checkpoints, "
+        "which cannot use it; look for its SD 1.x version"),
     "textual-inversion embedding (safetensors)": (
         st({"emb_params": torch.zeros(2, 768)}),
         FileKind.EMBEDDING,
-        "this is a textual-inversion embedding for SD 1.x, not a hypernetwork; only A1111 hypernetworks can be "
-        "installed, embeddings are not supported yet"),
+        "this is a textual-inversion embedding for SD 1.x, not a hypernetwork; add it as an embedding "
+        "instead"),
     "SDXL embedding": (
         st({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}),
         FileKind.EMBEDDING,
-        "this is a textual-inversion embedding for SDXL, not a hypernetwork; only A1111 hypernetworks can be "
-        "installed, embeddings are not supported yet"),
+        "this is a textual-inversion embedding for SDXL, not a hypernetwork, and this bot runs only SD 1.x and SD 2.x "
+        "checkpoints, which cannot use it; look for its SD 1.x version"),
     "other safetensors": (
         st({"lora_up.weight": torch.zeros(4, 4), "w": torch.zeros(1)}),
         FileKind.SAFETENSORS_OTHER,
@@ -151,8 +150,8 @@ class _Shape:
 @pytest.mark.parametrize(("obj", "kind", "message"), [
     ({"string_to_token": {"*": 265}, "string_to_param": {"*": _Shape(2, 768)}, "name": "emb", "step": 100},
      FileKind.EMBEDDING,
-     "this is a textual-inversion embedding for SD 1.x, not a hypernetwork; only A1111 hypernetworks can be "
-     "installed, embeddings are not supported yet"),
+     "this is a textual-inversion embedding for SD 1.x, not a hypernetwork; add it as an embedding "
+     "instead"),
     ({"epoch": 3, "state_dict": {"model.diffusion_model.out.2.weight": _Shape(4, 320, 3, 3),
                                  "cond_stage_model.transformer.text_model.final_layer_norm.weight": _Shape(768)}},
      FileKind.CHECKPOINT,
@@ -160,8 +159,7 @@ class _Shape:
      "checkpoint in the config (models.checkpoint), it cannot be added as a model"),
     ({f"{KOHYA_K}.lora_down.weight": _Shape(8, 1024), f"{KOHYA_K}.lora_up.weight": _Shape(320, 8)},
      FileKind.LORA,
-     "this is a LoRA for SD 2.x, not a hypernetwork; only A1111 hypernetworks can be installed, LoRA files are not "
-     "supported yet"),
+     "this is a LoRA for SD 2.x, not a hypernetwork; add it as a LoRA instead"),
 ])
 def test_the_kind_of_a_loaded_pickle(obj: dict[str, object], kind: FileKind, message: str) -> None:
     identity = identify_loaded(obj, 1536, "pt")

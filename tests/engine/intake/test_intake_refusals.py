@@ -186,8 +186,7 @@ def test_a_header_too_large_to_parse_is_named_from_its_first_keys(tmp_path: Path
     store = tmp_path / "store"
     with pytest.raises(IntakeRefused) as info:
         ingest_file(path, filename="big.safetensors", store_dir=store, limits=IntakeLimits(max_bytes=16 << 20))
-    assert str(info.value) == ("this is a LoRA, not a hypernetwork; only A1111 hypernetworks can be installed, LoRA "
-                               "files are not supported yet")
+    assert str(info.value) == "this is a LoRA, not a hypernetwork; add it as a LoRA instead"
     assert os.listdir(store) == []
 
 
@@ -229,8 +228,7 @@ def test_a_lora_saved_as_pt_is_named_by_the_sandbox(tmp_path: Path) -> None:
     data = payloads.saved({f"{key}.lora_down.weight": torch.zeros(4, 768), f"{key}.lora_up.weight": torch.zeros(320, 4)})
     with pytest.raises(IntakeRefused) as info:
         ingest_file(data, filename="lora.pt", store_dir=tmp_path, limits=LIMITS)
-    assert str(info.value) == ("this is a LoRA for SD 1.x, not a hypernetwork; only A1111 hypernetworks can be "
-                               "installed, LoRA files are not supported yet")
+    assert str(info.value) == "this is a LoRA for SD 1.x, not a hypernetwork; add it as a LoRA instead"
     assert info.value.identity is not None and info.value.identity.kind is FileKind.LORA
     assert (info.value.identity.container, info.value.identity.family) == ("pt", "sd1")
     assert os.listdir(tmp_path) == []
