@@ -184,7 +184,7 @@ def build_settings(*, prompt: str, limits: LimitSettings, checkpoint: str, model
         raise OptionError(str(exc)) from None
     refs = tuple(HypernetRef(t.name, models[t.name].sha256, t.multiplier) for t in tags)
     lora_refs = tuple(LoraRef(t.name, (loras or {})[t.name].sha256, t.te, t.unet, t.dyn,
-                              getattr((loras or {})[t.name], "a1111_hash", None)) for t in lora_tags)
+                              getattr((loras or {})[t.name], "short_hash", None)) for t in lora_tags)
     used = embedding_candidates(f"{typed}\n{negative}", embeddings or {})
     return RenderSettings(prompt=typed, negative_prompt=negative, hypernets=refs, seed=seed, steps=steps,
                           cfg_scale=cfg, sampler=sampler, width=w, height=h, count=count, checkpoint=checkpoint,
@@ -197,7 +197,7 @@ def embedding_candidates(text: str, embeddings: Mapping[str, Installed]) -> tupl
     A superset of what A1111 would use: the worker's tokenizer decides, so a name inside a longer word costs
     nothing but a file load."""
     folded = text.casefold()
-    return tuple(EmbeddingRef(name, row.sha256, getattr(row, "a1111_hash", None))
+    return tuple(EmbeddingRef(name, row.sha256, getattr(row, "short_hash", None))
                  for name, row in sorted(embeddings.items()) if name.casefold() in folded)
 
 

@@ -22,9 +22,9 @@ from discord.ext import commands
 
 from bot.advanced_options import AdvancedOptions
 from bot.errors import UserFacingError, answer_error, defer_public
-from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_settings, size_choices
+from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_settings, embedding_hints, size_choices
 from bot.paste import PasteError, paste_notes, pasted_options
-from bot.store import NewJob
+from bot.store import NewJob, prompt_names
 from cogs.autocomplete import hypernet_autocomplete
 from cogs.buttons import DYNAMIC_ITEMS
 from engine.render_settings import MAX_CLIP_SKIP, RenderSettings
@@ -138,28 +138,36 @@ class ImagineCog(commands.Cog, name="Imagine"):
         self.bot.tree.remove_command(self.command.name)
         self.bot.tree.remove_command(self.context_menu.name, type=self.context_menu.type)
 
+    async def installed(self, guild_id: int | None) -> dict[str, Any]:
+        """What prompts of this guild may name: hypernets, LoRAs (names and aliases) and embeddings, by name."""
+        store = self.bot.store
+        return {"models": await store.hypernets.usable(guild_id),
+                "loras": prompt_names((await store.loras.usable(guild_id)).values()),
+                "embeddings": await store.embeddings.usable(guild_id)}
+
     async def run_imagine(self, interaction: discord.Interaction[HypercordBot], *, prompt: str, **options: Any) -> None:
         """/imagine's callback: the options as typed, checked by :func:`bot.options.build_settings`."""
-        models = await self.bot.store.hypernets.usable(interaction.guild_id)
+        installed = await self.installed(interaction.guild_id)
         try:
             settings = build_settings(prompt=prompt, limits=self.bot.settings.limits,
-                                      checkpoint=self.bot.settings.models.checkpoint, models=models, **options)
+                                      checkpoint=self.bot.settings.models.checkpoint, **installed, **options)
         except OptionError as exc:
             raise UserFacingError(str(exc)) from None
-        await self.start_job(interaction, settings, origin="command")
+        await self.start_job(interaction, settings, origin="command", notes=_hints(settings, installed))
 
     async def run_paste(self, interaction: discord.Interaction[HypercordBot], text: str, *, origin: str) -> None:
         """A pasted A1111 parameters block rendered as a job; fields it cannot render are noted on the result."""
         bot = self.bot
         try:
             pasted = pasted_options(text)
-            models = await bot.store.hypernets.usable(interaction.guild_id)
+            installed = await self.installed(interaction.guild_id)
             settings = build_settings(limits=bot.settings.limits, checkpoint=bot.settings.models.checkpoint,
-                                      models=models, **pasted.build_options())  # type: ignore[arg-type]
+                                      **installed, **pasted.build_options())  # type: ignore[arg-type]
         except (PasteError, OptionError) as exc:
             raise UserFacingError(str(exc)) from None
         label = bot.settings.models.model_name or bot.settings.models.checkpoint
-        await self.start_job(interaction, settings, origin=origin, notes=paste_notes(pasted, label))
+        await self.start_job(interaction, settings, origin=origin,
+                             notes=paste_notes(pasted, label) + _hints(settings, installed))
 
     async def start_job(self, interaction: discord.Interaction[HypercordBot], settings: RenderSettings, *,
                         origin: str, notes: tuple[str, ...] = ()) -> None:
@@ -174,6 +182,11 @@ class ImagineCog(commands.Cog, name="Imagine"):
         # A refusal from here on (a model removed meanwhile, the database locked, the engine refusing) reaches the
         # tree's error handler, which replaces the public placeholder with a neutral line and answers privately.
         await bot.jobs.start(new, presenter, message_id=message_id)
+
+
+def _hints(settings: RenderSettings, installed: dict[str, Any]) -> tuple[str, ...]:
+    """Did-you-mean notes for words one edit away from an installed embedding (shown with the result)."""
+    return embedding_hints(f"{settings.encoder_prompt} {settings.negative_prompt}", installed["embeddings"])
 
 
 class PasteModal(discord.ui.Modal, title="Render A1111 parameters"):

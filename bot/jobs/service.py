@@ -29,7 +29,7 @@ from bot.jobs.images import ImageStore, disk_problem
 from bot.jobs.persist import persist
 from bot.jobs.presenter import Cancelled, Done, Failed, JobPresenter, Paused, PresenterFor, Rendering, Waiting
 from bot.ratelimit import RateDecision, RateLimiter
-from bot.store import Job, NewJob, Store
+from bot.store import Job, NewJob, Store, prompt_names
 from engine.errors import EngineError, QueueFull, UserQueueFull
 from engine.protocol import Failure, FailureKind, GenerateRequest, JobEvent, Progress, Queued, Result, Started
 from engine.render_settings import RenderSettings
@@ -46,6 +46,8 @@ ALSO_RATE_LIMITED = ("You are also starting jobs too quickly: this bot allows {b
 TRY_AGAIN_SOON = "Please try again in a moment."
 HYPERNET_GONE = ("The hypernetwork `{name}` is no longer available here (it was removed, disabled or replaced). "
                  "Pick another one; `/hypernets list` shows those installed.")
+LORA_GONE = ("The LoRA `{name}` is no longer available here (it was removed, disabled or replaced). Pick another one; "
+             "`/loras list` shows those installed.")
 POSTING_FAILED = "Something went wrong on our side while posting this job (job #{job_id})."
 NOT_RESUMED_AGAIN = ("The bot stopped again before this job could run. A job is resumed after one restart only, so this "
                      "one will not run; please start it again.")
@@ -116,15 +118,21 @@ class JobService:
         self.accepting = False
 
     async def check_hypernets(self, settings: RenderSettings, guild_id: int | None) -> None:
-        """Raise :class:`JobRefused` if a hypernet of ``settings`` is no longer installed and enabled in this guild as
-        the same file (removed, disabled or replaced since the settings were made)."""
-        if not settings.hypernets:
-            return
-        usable = await self.store.hypernets.usable(guild_id)
-        for ref in settings.hypernets:
-            row = usable.get(ref.name)
-            if row is None or row.sha256 != ref.sha256:
-                raise JobRefused(HYPERNET_GONE.format(name=ref.name))
+        """Raise :class:`JobRefused` if a hypernet or LoRA of ``settings`` is no longer installed and enabled in this
+        guild as the same file (removed, disabled or replaced since the settings were made).  Embeddings are not
+        checked: one that went away is just a word of the prompt, as in A1111."""
+        if settings.hypernets:
+            usable = await self.store.hypernets.usable(guild_id)
+            for ref in settings.hypernets:
+                row = usable.get(ref.name)
+                if row is None or row.sha256 != ref.sha256:
+                    raise JobRefused(HYPERNET_GONE.format(name=ref.name))
+        if settings.loras:
+            loras = prompt_names((await self.store.loras.usable(guild_id)).values())
+            for lora in settings.loras:
+                found = loras.get(lora.name)
+                if found is None or found.sha256 != lora.sha256:
+                    raise JobRefused(LORA_GONE.format(name=lora.name))
 
     # ---- starting ------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_folder_entries_and_the_legacy_checkpoint_are_listed_by_name(folder: Path, tmp_path: Path) -> None:
     catalog = CheckpointCatalog.build(settings(folder), hash_cache=HashCache(tmp_path / "hashes.json"))
     assert sorted(catalog.entries) == ["anythingTiny", "old", "realTiny", "tiny"]
-    assert catalog.default == "tiny" and [s.name for s in catalog.worker_specs()][0] == "tiny"
+    assert catalog.default == "tiny" and catalog.worker_specs()[0].name == "tiny"
     anime = catalog.entries["anythingTiny"]
     assert (anime.family, anime.family_label, anime.sd_checkpoint_name, anime.usable) == (
         "sd1", "SD 1.x", "anime_anythingTiny", True)

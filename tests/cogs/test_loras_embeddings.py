@@ -178,3 +178,35 @@ async def test_owner_rescans_the_lora_and_embedding_folders(hc: Harness) -> None
     rec = await hc.fake.slash(hc.fake.member_owner, "loras remove", {"name": "folderInk"})
     assert await answer(hc, rec) == ("`folderInk` comes from the models folder (`Lora/folderInk.safetensors`): delete "
                                      "the file there and run `/loras rescan`, or disable it instead.")
+
+
+async def test_a_lora_and_an_embedding_render_and_the_lora_button_keeps_the_seed(hc: Harness, tmp_path: Path) -> None:
+    import re
+
+    from tests.harness import png_parameters
+
+    fake = hc.fake
+    lora = fake.make_attachment("glowInk.safetensors", write_tiny_lora(tmp_path / "glowInk.safetensors", seed=21)
+                                .read_bytes())
+    assert (await outcome(hc, await fake.slash(fake.member_manager, "loras add", {"file": lora}))).startswith("Added")
+    vectors = torch.randn(3, 768, generator=torch.Generator().manual_seed(4))
+    embedding = fake.make_attachment("muddy.pt", pt({"string_to_param": {"*": vectors}, "name": "muddy"}))
+    assert (await outcome(hc, await fake.slash(fake.member_manager, "embeddings add", {"file": embedding}))).startswith(
+        "Added")
+    await hc.install_hypernet("pub_zoo_elu", "inkSpirit", guild_id=fake.guild.id)
+
+    options = {"prompt": "a harbour <lora:glowInk:0.6> <hypernet:inkSpirit:0.5>", "negative_prompt": "(muddy:1.2)",
+               "steps": 2, "seed": 31}
+    msg = await hc.wait_result(await fake.slash(fake.member_plain, "imagine", options))
+    job = await hc.store.jobs.get(int(re.search(r"Job #(\d+)", msg.embeds[0]["title"]).group(1)))
+    row = await hc.store.loras.by_name("glowInk", fake.guild.id)
+    assert [(x.name, x.sha256, x.unet) for x in job.settings.loras] == [("glowInk", row.sha256, 0.6)]
+    assert [e.name for e in job.settings.embeddings] == ["muddy"]
+    params = png_parameters(await fake.download(msg.attachments[0]))
+    assert f'Lora hashes: "glowInk: {row.short_hash}"' in params and "TI hashes: \"muddy: " in params
+    labels = [b["label"] for b in msg.buttons()]
+    assert labels[-4:] == ["− inkSpirit", "+ inkSpirit", "− glowInk", "+ glowInk"]
+    stronger = await hc.wait_result(await fake.click(fake.member_plain, msg, label="+ glowInk"))
+    child = await hc.store.jobs.get(int(re.search(r"Job #(\d+)", stronger.embeds[0]["title"]).group(1)))
+    assert child.settings == job.settings.with_strengths([0.5, 0.7]) and child.settings.seed == 31
+    assert await fake.download(stronger.attachments[0]) != await fake.download(msg.attachments[0])
