@@ -21,7 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot.config import CheckpointEntry, Settings
-from engine.checkpoints import CheckpointInfo, FileHashes, HashCache, inspect_checkpoint, recorded_hash_matches
+from engine.checkpoints import (
+    BUILT_IN_CHECKPOINTS,
+    CheckpointInfo,
+    FileHashes,
+    HashCache,
+    inspect_checkpoint,
+    recorded_hash_matches,
+)
 from engine.names import name_problem
 from engine.protocol import CheckpointSpec
 
@@ -89,8 +96,8 @@ class CatalogEntry:
 
 def legacy_name(source: str) -> str:
     """The name ``models.checkpoint`` gets in the catalog: ``tiny``, a file's stem, a folder's or hub id's last part."""
-    if source == "tiny":
-        return "tiny"
+    if source in BUILT_IN_CHECKPOINTS:
+        return source
     last = source.rstrip("/").rsplit("/", 1)[-1]
     return Path(last).stem if last.endswith((".safetensors", ".ckpt")) else last
 
@@ -169,7 +176,7 @@ def _entry(name: str, source: str, entry: CheckpointEntry | None, inspect: Inspe
         return replace(found, refusal=f"`{name[:80]}` cannot be a checkpoint name ({problem}); rename the file")
     if not source:
         return replace(found, refusal=f"`checkpoints.models.{name}` has no `source`; give a file, folder or hub id")
-    if source == "tiny":
+    if source in BUILT_IN_CHECKPOINTS:
         return replace(found, family="sd1")
     path = Path(source).expanduser()
     if not path.exists():

@@ -11,5 +11,8 @@ from engine.checkpoints.hashes import FileHashes, HashCache, autov1_hash, file_h
 from engine.checkpoints.info import PREDICTIONS, CheckpointInfo, VaeInfo, inspect_checkpoint, inspect_vae
 from engine.checkpoints.refusals import CheckpointRefused
 
-__all__ = ["PREDICTIONS", "CheckpointInfo", "CheckpointRefused", "FileHashes", "HashCache", "Kind", "VaeInfo",
-           "autov1_hash", "file_hashes", "inspect_checkpoint", "inspect_vae", "recorded_hash_matches"]
+#: The built-in random-weight checkpoints (engine/worker/tiny.py): same architecture, each its own weights.
+BUILT_IN_CHECKPOINTS = ("tiny", "tiny-b")
+
+__all__ = ["BUILT_IN_CHECKPOINTS", "PREDICTIONS", "CheckpointInfo", "CheckpointRefused", "FileHashes", "HashCache",
+           "Kind", "VaeInfo", "autov1_hash", "file_hashes", "inspect_checkpoint", "inspect_vae", "recorded_hash_matches"]

@@ -102,8 +102,10 @@ def _embedding_family(names: Collection[str], shapes: Mapping[str, Sequence[int]
 
 
 def _one_vector_tensor(names: Collection[str], shapes: Mapping[str, Sequence[int]]) -> bool:
-    """One tensor of one or more vectors, keyed by its token: how diffusers saves an embedding (``learned_embeds``)."""
-    return len(names) == 1 and len(shapes) == 1 and all(1 <= len(shape) <= 2 for shape in shapes.values())
+    """One tensor of one or more text-encoder-wide vectors, keyed by its token: how diffusers saves an embedding
+    (``learned_embeds``).  The width must be a known text encoder's, or any one small tensor would pass."""
+    return (len(names) == 1 and len(shapes) == 1
+            and all(1 <= len(shape) <= 2 and int(shape[-1]) in _WIDTH_FAMILY for shape in shapes.values()))
 
 
 def classify_keys(keys: Collection[str], shapes: Mapping[str, Sequence[int]] | None = None,

@@ -120,12 +120,14 @@ def _separate_vae(vae: Path, dtype: torch.dtype, hash_cache: HashCache | None) -
 
 def _load(checkpoint: str, dtype: torch.dtype, vae: Path | None, prediction: str | None,
           hash_cache: HashCache | None) -> LoadedCheckpoint:
-    if checkpoint == "tiny":
+    from engine.worker.tiny import TINY_VARIANTS
+
+    if checkpoint in TINY_VARIANTS:
         from engine.worker.tiny import build_tiny
 
-        tiny = build_tiny()
+        tiny = build_tiny(checkpoint)
         return LoadedCheckpoint(tiny.unet, tiny.vae, tiny.text_encoder, tiny.tokenizer, dict(tiny.scheduler_config),
-                                "tiny", None, "sd1")
+                                checkpoint, None, "sd1")
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()

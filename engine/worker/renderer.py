@@ -31,10 +31,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
 
+from engine.checkpoints import HashCache
 from engine.conditioning import (
     ConditioningError,
     Embedding,
@@ -115,6 +117,8 @@ class Renderer:
         self.hypernet_dtype = hypernet_dtype
         self.model_name: str = parts.model_name
         self.model_hash: str | None = parts.model_hash
+        self.family: str | None = parts.family
+        self.vae_fields = {"VAE hash": parts.vae_hash, "VAE": parts.vae_name}  # A1111's, when a separate VAE is used
         self.unet = parts.unet.to(device)
         self.vae = parts.vae.to(device)
         self.text_encoder = parts.text_encoder.to(device)
@@ -136,10 +140,26 @@ class Renderer:
         """What hypernet sizes can match on this checkpoint (see :mod:`engine.fit`)."""
         return ModelShape(self.context_dim, self.attention_widths)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the model's weights (what a resident checkpoint costs on its device)."""
+        return sum(t.numel() * t.element_size() for m in (self.unet, self.vae, self.text_encoder)
+                   for t in (*m.parameters(), *m.buffers()))
+
+    def move(self, on_device: bool) -> None:
+        """Move the weights to the device (``True``) or park them in CPU memory (``False``; nothing renders then)."""
+        target = self.device if on_device else torch.device("cpu")
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(target)
+
     @classmethod
     def load(cls, checkpoint: str, device: str = "auto", dtype: str = "auto", hypernet_dtype: str = "auto", *,
-             embeddings: EmbeddingSet | None = None) -> Renderer:
-        """Load a checkpoint ("tiny", a diffusers folder, a .safetensors/.ckpt file or a hub id) onto a device.
+             embeddings: EmbeddingSet | None = None, vae: str = "", prediction: str = "auto",
+             hash_cache: HashCache | None = None) -> Renderer:
+        """Load a checkpoint ("tiny", a diffusers folder, a .safetensors file or a hub id) onto a device.
+
+        ``vae``: a separate VAE file ("" = the checkpoint's own); ``prediction``: ``auto``, ``epsilon`` or
+        ``v_prediction``; ``hash_cache``: where A1111's file hashes are remembered (see :mod:`engine.checkpoints`).
 
         ``device`` auto = CUDA when available; ``dtype`` auto = float16 on CUDA, float32 on CPU; ``hypernet_dtype``
         auto = the UNet's dtype on CUDA (A1111's autocast behaviour, much faster), float32 on CPU.
@@ -150,7 +170,8 @@ class Renderer:
                                                                                       what="hypernet dtype")
         if dev.type != "cuda" and hypernet_dtype in ("", "auto"):
             hn_dtype = torch.float32
-        parts = load_checkpoint(checkpoint, model_dtype)
+        parts = load_checkpoint(checkpoint, model_dtype, vae=Path(vae) if vae else None,
+                                prediction=None if prediction == "auto" else prediction, hash_cache=hash_cache)
         return cls(parts, checkpoint=checkpoint, device=dev, dtype=model_dtype, hypernet_dtype=hn_dtype,
                    embeddings=embeddings)
 
@@ -318,7 +339,7 @@ class Renderer:
             hashes = [(e.name, h) for e in used if (h := known.get(e.name) or e.short_hash)]
             images = [by_row[i] for i in idx]
             pngs = [png_bytes(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
-                                                       embeddings=hashes))
+                                                       embeddings=hashes, extra=self.vae_fields))
                     for k, image in enumerate(images)]
             outputs.append(RenderOutput(req.job_id, images, pngs, [rows.rows[i].seed.seed for i in idx],
                                         list(notes[req.job_id])))

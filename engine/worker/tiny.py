@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from engine.checkpoints import BUILT_IN_CHECKPOINTS
 from engine.conditioning import load_clip_tokenizer
 
 TINY_SEED = 20240229
@@ -134,15 +135,20 @@ def _tokenizer() -> CLIPTokenizer:
     return load_clip_tokenizer()
 
 
-def build_tiny() -> TinyComponents:
+#: The built-in tiny checkpoints by name: the same architecture, other weights (tests of several checkpoints).
+TINY_VARIANTS = {name: k for k, name in enumerate(BUILT_IN_CHECKPOINTS)}
+
+
+def build_tiny(variant: str = "tiny") -> TinyComponents:
     """Fresh, independent tiny components; the same weights every time, in every process.
 
+    ``variant`` is a name in :data:`TINY_VARIANTS`: each has its own weights (same shapes, same tokenizer).
     Building from scratch (~0.6 s) is cheaper than deep-copying a cached prototype, so only the
     tokenizer (immutable once built) is cached.  The global RNG is left as it was (``fork_rng``).
     """
     tokenizer = _tokenizer()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(TINY_SEED + TINY_VARIANTS[variant])
         unet = _build_unet()
         vae = _build_vae()
         text_encoder = _build_text_encoder(tokenizer)

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from cogs.job_messages import RESUMED_HEADER
 from engine.client.redis_layout import RedisLayout
 from engine.codec import decode
 from engine.protocol import WorkerInfo
@@ -89,6 +90,6 @@ async def test_bot_killed_while_the_worker_renders_gets_the_result_after_restart
     await bot.start(90)
     msg = await E2E(fake, bot).result(rec, timeout=90)  # the image, with its buttons, on the job's message
     assert job_row(bot, job_id)["status"] == "done"  # type: ignore[index]
-    assert msg.content.startswith("🔁 The bot restarted; this job was queued again."), msg.content
+    assert msg.content.startswith(RESUMED_HEADER.strip()), msg.content
     done = {name: info.jobs_done for name, info in (await registry(raw)).items()}
     assert done == {"gpu0": 1}, f"rendered once, by the worker that had it: {done}"
