@@ -224,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-jobs", type=int, default=2, help="jobs per user in the worker section")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: ops,baseline,eager,compiled,worker")
     parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
+    parser.add_argument("--explain", action="store_true", help="torch._dynamo.explain in the ops section (on with "
+                        "--smoke; on SD1.5 each trace takes tens of seconds, and the compiled section proves fullgraph)")
     args = parser.parse_args(argv)
     args.steps = args.steps or (2 if args.smoke else 20)
     args.size = args.size or (64 if args.smoke else 512)
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     latent = args.size // 8
     if "ops" not in skip:
         report.run("ops_per_unet_pass", 20, lambda: ops_and_graphs(
-            parts.unet, net_list, 2 * args.users, latent, device, dtype, explain=report.remaining() > 200))
+            parts.unet, net_list, 2 * args.users, latent, device, dtype, explain=args.explain or args.smoke))
         parts.unet.set_attn_processor(AttnProcessor2_0())  # the diffusers baseline runs the stock processor
     if "baseline" not in skip:
         report.run("diffusers_one_by_one", 60, lambda: diffusers_baseline(parts, args, device, args.baseline_images))
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if "eager" not in skip:
         report.run("engine_eager", 90, lambda: measure_engine(renderer, clock, refs, nets, args, report, "engine_eager"))
     if "compiled" not in skip:
-        report.run("engine_compiled", 150, lambda: compiled_section(renderer, unet, clock, refs, nets, args, report))
+        report.run("engine_compiled", 200, lambda: compiled_section(renderer, unet, clock, refs, nets, args, report))
         renderer.unet = TimedUNet(unet, clock)
     for name in ("engine_eager", "engine_compiled"):
         got, ref = report.data["sections"].get(name, {}), report.data["sections"].get("diffusers_one_by_one", {})
