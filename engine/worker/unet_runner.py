@@ -221,20 +221,28 @@ class UNetRunner:
         self._prepared = None
         return self._compile(key, slots, x, t, context)
 
+    def default_layouts(self) -> list[Layout]:
+        """What warm-up compiles: no hypernets, and one ``[1, 2, 1]`` stage per activation of the settings."""
+        return [(), *(standard_layout(self.dims, activation, min_hidden_ratio=self.settings.min_hidden_ratio)
+                      for activation in self.settings.warm_activations)]
+
+    def layout_of(self, chains: Sequence[Chain]) -> Layout | None:
+        """The minimal layout of a batch (to warm up for batches like it); None when it takes the exact path."""
+        return self.pool.minimal_layout(chains)
+
     def warm_up(self, latent_sizes: Sequence[tuple[int, int]], *, dtype: torch.dtype, tokens: Sequence[int] = (77,),
-                buckets: Sequence[int] | None = None, activations: Sequence[str] | None = None) -> list[tuple[str, float]]:
-        """Compile every bucket for each latent size (``(height, width)`` in latent pixels, e.g. ``(64, 64)`` for
-        512x512) and token count: without hypernets and with one ``[1, 2, 1]`` stage per activation of
-        ``activations`` (default: the settings').  Returns ``(what, seconds)`` per graph; nothing when disabled.
+                buckets: Sequence[int] | None = None, layouts: Sequence[Layout] | None = None
+                ) -> list[tuple[str, float]]:
+        """Compile every bucket (default: all) for each latent size (``(height, width)`` in latent pixels, e.g.
+        ``(64, 64)`` for 512x512), token count and hypernet layout (default: :meth:`default_layouts`).  Returns
+        ``(what, seconds)`` per graph compiled; nothing when compilation is off.
 
         Call under the grad mode generation uses (``torch.no_grad()``), before the worker reports ready.
         """
         if not self.settings.enabled:
             return []
         channels = int(self.unet.config.in_channels)
-        layouts: list[Layout] = [()]
-        for activation in self.settings.warm_activations if activations is None else activations:
-            layouts.append(standard_layout(self.dims, activation, min_hidden_ratio=self.settings.min_hidden_ratio))
+        layouts = self.default_layouts() if layouts is None else list(layouts)
         done = []
         for bucket in buckets or self.buckets.sizes:
             for height, width in latent_sizes:

@@ -200,11 +200,12 @@ def apply_stacked_rows(chains, x):
 
 VALUE_CASES = [c for c in MANIFEST["cases"] if c["expect"] == "values"
                and all((FIXTURES / h["file"]).exists() for h in c["hypernets"])]
+TENSORS = {**load_file(FIXTURES / "inputs.safetensors"), **load_file(FIXTURES / "expected.safetensors")}
 
 
 @pytest.mark.parametrize("case", VALUE_CASES, ids=[c["id"] for c in VALUE_CASES])
 def test_stacked_and_static_slots_match_a1111(case: dict) -> None:
-    tensors = {**load_file(FIXTURES / "inputs.safetensors"), **load_file(FIXTURES / "expected.safetensors")}
+    tensors = TENSORS
     x = tensors[case["input"]]
     chain = [(NETS[Path(h["file"]).stem], h["multiplier"]) for h in case["hypernets"]]
     for fn in (apply_stacked, apply_static):

@@ -149,21 +149,22 @@ def test_dispatched_ops_per_pass_do_not_grow_with_distinct_hypernets(unet, nets)
 def test_runner_runs_a_new_layout_eagerly_until_compiled_when_idle(unet, nets) -> None:
     settings = CompileSettings(enabled=True, backend="eager", buckets=(2,))
     runner = UNetRunner(unet, device="cpu", hypernet_dtype=torch.float32, settings=settings)
+    chains = [[(nets[0], 1.0)], [(nets[1], 1.0)]]
     with torch.no_grad():
-        warmed = runner.warm_up([(8, 8)], dtype=torch.float32, activations=())
-        assert [what for what, _ in warmed] == ["2 rows, latent 8x8, 77 tokens, float32, no hypernets"]
-        x, t, text = inputs(3, seed=3)  # 3 rows: two chunks of the 2-row bucket
-        torch.testing.assert_close(runner(x, t, text, [()] * 3), reference(unet, x, t, text, [()] * 3))
-        assert runner.stats.compiled_calls == 2
-        chains = [[(nets[0], 1.0)], [(nets[1], 1.0)]]
         x, t, text = inputs(2, seed=4)
-        first = runner(x, t, text, chains)  # not compiled yet: eager, queued
-        assert runner.stats.pending_calls == 1 and len(runner.pending) == 1
+        first = runner(x, t, text, chains)  # nothing compiled yet: eager, queued
+        assert runner.stats.pending_calls == 1 and len(runner.pending) == 1 and runner.stats.compiled_calls == 0
         assert runner.compile_pending() == 1 and not runner.pending
-        second = runner(x, t, text, [[(nets[2], 1.0)], [(nets[0], 0.5)]])  # same layout: compiled now
-        assert runner.stats.compiled_calls == 3 and runner.stats.recompile_fallbacks == 0
+        swapped = [[(nets[2], 1.0)], [(nets[0], 0.5)]]
+        second = runner(x, t, text, swapped)  # same layout: the compiled graph
+        three = [[(nets[3], 1.0)], [], [(nets[4], 0.7)]]  # 3 rows: chunks of the 2-row bucket, same graph
+        x3, t3, text3 = inputs(3, seed=6)
+        chunked = runner(x3, t3, text3, three)
+    assert runner.stats.compiled_calls == 3 and runner.stats.recompile_fallbacks == 0
+    assert len(runner.stats.compiles) == 1 and runner.stats.padded_rows == 1
     assert scaled_error(first, reference(unet, x, t, text, chains)) <= TOL
-    assert scaled_error(second, reference(unet, x, t, text, [[(nets[2], 1.0)], [(nets[0], 0.5)]])) <= TOL
+    assert scaled_error(second, reference(unet, x, t, text, swapped)) <= TOL
+    assert scaled_error(chunked, reference(unet, x3, t3, text3, three)) <= TOL
 
 
 def test_runner_takes_the_exact_path_for_batch_dependent_nets_and_when_disabled(unet, nets) -> None:
@@ -192,7 +193,11 @@ def test_rendered_images_are_the_same_compiled_and_eager() -> None:
     renderer = Renderer.load("tiny", device="cpu")
     eager = [renderer.generate(reqs, nets) for reqs in batches]
     runner = UNetRunner(renderer.unet, device="cpu", hypernet_dtype=renderer.hypernet_dtype,
-                        settings=CompileSettings(enabled=True, backend="aot_eager", compile_on_first_use=True))
+                        settings=CompileSettings(enabled=True, backend="aot_eager"))
+    layout = runner.layout_of([[(hn, 0.8)] for hn in nets.values()])  # the families these batches use
+    with torch.no_grad():  # the worker's start-up: warm up, then serve without compiling
+        warmed = runner.warm_up([(8, 8)], dtype=torch.float32, buckets=(8,), layouts=[layout])
+    assert len(warmed) == 1
     renderer.unet = RunnerUNet(runner)
     for reqs, before in zip(batches, eager, strict=True):
         for a, b in zip(before, renderer.generate(reqs, nets), strict=True):
@@ -201,7 +206,7 @@ def test_rendered_images_are_the_same_compiled_and_eager() -> None:
                 assert np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).max() <= 1
     assert len(runner.stats.compiles) == 1  # 6 rows padded to the 8-row bucket, one layout: one graph for both
     assert runner.stats.compiled_calls == 4 and runner.stats.padded_rows == 8  # 2 steps x 2 batches, 2 pad rows each
-    assert runner.stats.recompile_fallbacks == 0 and runner.stats.eager_calls == 0
+    assert runner.stats.recompile_fallbacks == 0 and runner.stats.eager_calls == 0 and not runner.pending
 
 
 def test_settings_and_buckets() -> None:
