@@ -1,88 +1,115 @@
 """Per-sample A1111 hypernetworks inside a diffusers UNet, without global patching.
 
 Why this shape: one UNet batch mixes requests from different users, each with its own hypernet chain, so the
-chains travel per call through ``cross_attention_kwargs={"hypernets": PerSampleHypernets(...)}`` to a processor
-installed once on every UNet attention layer.  Switching hypernets never touches the base model.
+chains travel per call through ``cross_attention_kwargs={"hypernets": ...}`` to a processor installed once on
+every UNet attention layer.  Switching hypernets never touches the base model.
 
 A1111 semantics (``docs/hypernetwork-format.md`` §2): only the key/value *inputs* are transformed (never the
 query), on self-attention (context = hidden states, 320/640/1280) and cross-attention (context = text, 768/1024),
 for the unconditional rows too.
+
+What travels in ``hypernets`` is anything with ``transform(context, dim, cacheable) -> (context_k, context_v)``:
+:class:`PerSampleHypernets` (eager, one per batch; its own stacked slots) or
+:class:`engine.hypernet.slot_pool.StaticHypernets` (fixed slots of a compiled batch-size bucket).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from engine.hypernet.layout import HypernetModule
 from engine.hypernet.model import Hypernetwork
+from engine.hypernet.slot_plan import ExactGroup, StagePlan, plan_dim
+from engine.hypernet.slots import StageBuffers
 
-__all__ = ["HypernetAttnProcessor", "PerSampleHypernets", "install_hypernet_processors"]
+__all__ = ["HypernetAttnProcessor", "HypernetTransform", "PerSampleHypernets", "install_hypernet_processors"]
 
 
-@dataclass
-class _Group:
-    """Rows that apply the same hypernet at one chain position (their multipliers may differ)."""
+class HypernetTransform(Protocol):
+    """What the processor calls: the per-row k/v inputs for one attention layer's context."""
 
-    hn: Hypernetwork
-    rows: list[int] = field(default_factory=list)
-    multipliers: list[float] = field(default_factory=list)
+    def transform(self, context: torch.Tensor, dim: int, cacheable: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+_Entry = StageBuffers | ExactGroup
 
 
 class PerSampleHypernets:
-    """The hypernet chains of one UNet batch, one chain per batch row; built once per ``generate()`` call.
+    """The hypernet chains of one UNet batch, one chain per batch row; built once per batch (eager use).
 
     ``chains[i]`` is the ``[(hypernetwork, multiplier), ...]`` of row ``i`` in prompt order (the pipeline passes
     each request's chain for both its unconditional and conditional rows).  ``compute_dtype=None`` computes in
-    the context's dtype on GPU and in fp32 on CPU; each hypernet's result is cast back to the context dtype.
+    the context's dtype on GPU and in fp32 on CPU; each chain position's result is cast back to the context dtype.
 
-    Rows that apply the same hypernet object at the same chain position are computed together.  Softmax-like
-    hypernets (``Hypernetwork.batch_dependent``) normalise over the rows computed together, as A1111 does over
-    its whole batch, so their results depend on the batch composition.
+    At each chain position, the rows' nets of one family (same layers and activation: :mod:`engine.hypernet.slots`)
+    are stacked and applied with one set of batched matmuls, so the kernel count does not grow with the number of
+    distinct nets.  Softmax-like hypernets (``Hypernetwork.batch_dependent``) and PReLU ones take the exact
+    per-net path: the rows sharing such a net are computed together and normalise over each other, as A1111 does
+    over its whole batch.  ``batched=False`` computes every net that way (the reference the slots are tested against).
+
+    Plans are made here (plain Python); tensors are built on the first ``transform`` for a device and dtype, or by
+    :meth:`prepare` — which a compiled UNet needs, since nothing may be built inside its graph.
 
     ``compute_counts[dim]`` counts the hypernet computations per context width and ``cache_hits`` the reuses of
     cached cross-attention results; they exist for tests and benchmarks.
     """
 
     def __init__(self, chains: Sequence[Sequence[tuple[Hypernetwork, float]]], compute_dtype: torch.dtype | None = None,
-                 max_cache_entries: int = 4) -> None:
+                 max_cache_entries: int = 4, *, batched: bool = True) -> None:
         self.chains = [tuple((hn, float(m)) for hn, m in chain) for chain in chains]
         self.rows = len(self.chains)
         self.compute_dtype = compute_dtype
         self.max_cache_entries = max_cache_entries
+        self.batched = batched
         self.compute_counts: collections.Counter[int] = collections.Counter()
         self.cache_hits = 0
-        self._plans: dict[int, list[list[_Group]]] = {}
+        dims = sorted({dim for chain in self.chains for hn, _ in chain for dim in hn.layers})
+        self._plans = {dim: plan for dim in dims if (plan := plan_dim(self.chains, dim, batched=batched))}
+        self._built: dict[tuple[int, torch.device, torch.dtype], list[list[_Entry]]] = {}
         self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._converted: dict[tuple[int, torch.device, torch.dtype], tuple[Hypernetwork, Hypernetwork]] = {}
-        self._index: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+        self._index: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
 
-    def _plan(self, dim: int) -> list[list[_Group]]:
-        """Per chain position, the groups of rows sharing a hypernet (those without ``dim`` or with mult 0 skipped)."""
-        plan = self._plans.get(dim)
-        if plan is None:
-            effective = [[(hn, m) for hn, m in chain if dim in hn.layers and m != 0.0] for chain in self.chains]
-            plan = []
-            for pos in range(max((len(c) for c in effective), default=0)):
-                groups: dict[int, _Group] = {}
-                for row, chain in enumerate(effective):
-                    if pos < len(chain):
-                        hn, m = chain[pos]
-                        group = groups.setdefault(id(hn), _Group(hn))
-                        group.rows.append(row)
-                        group.multipliers.append(m)
-                plan.append(list(groups.values()))
-            self._plans[dim] = plan
-        return plan
+    def work_dtype(self, context_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+        return self.compute_dtype or (torch.float32 if device.type == "cpu" else context_dtype)
+
+    def prepare(self, device: torch.device | str, context_dtype: torch.dtype, dims: Iterable[int] | None = None) -> None:
+        """Build the tensors for contexts of ``context_dtype`` on ``device`` now (for ``dims``, default all)."""
+        device = torch.device(device)
+        work = self.work_dtype(context_dtype, device)
+        for dim in self._plans if dims is None else dims:
+            if dim in self._plans:
+                self._entries(dim, device, work)
+
+    def _entries(self, dim: int, device: torch.device, work: torch.dtype) -> list[list[_Entry]]:
+        key = (dim, device, work)
+        built = self._built.get(key)
+        if built is None:
+            if torch.compiler.is_compiling():
+                raise RuntimeError("PerSampleHypernets must be prepared (prepare()) before a compiled UNet call")
+            built = self._built[key] = [[self._build(entry, dim, device, work) for entry in position]
+                                        for position in self._plans[dim]]
+        return built
+
+    def _build(self, entry: StagePlan | ExactGroup, dim: int, device: torch.device, work: torch.dtype) -> _Entry:
+        if isinstance(entry, ExactGroup):
+            return entry
+        rows = [row for row, _, _ in entry.members]
+        index = None if rows == list(range(self.rows)) else self._rows_index([*rows, *(r + self.rows for r in rows)], device)
+        stage = StageBuffers(entry.spec.family, dim, entry.spec.hidden, len(rows), device, work, rows_index=index)
+        for slot, (_, hn, m) in enumerate(entry.members):
+            stage.load_row(slot, hn.layers[dim], m)
+        return stage
 
     def _modules(self, hn: Hypernetwork, dim: int, device: torch.device, dtype: torch.dtype
                  ) -> tuple[HypernetModule, HypernetModule]:
-        """The (k, v) modules on ``device`` in ``dtype``; converted at most once per call when the cache holds
+        """The (k, v) modules on ``device`` in ``dtype``; converted at most once per batch when the cache holds
         them elsewhere (the worker should hand over hypernets already on the GPU in the compute dtype)."""
         pair = hn.layers[dim]
         if pair[0].device == device and pair[0].dtype == dtype:
@@ -92,67 +119,65 @@ class PerSampleHypernets:
             self._converted[key] = (hn, hn.to(device, dtype))  # keep hn alive so its id stays unique
         return self._converted[key][1].layers[dim]
 
-    def _rows_index(self, pos: int, group_no: int, group: _Group, device: torch.device, dim: int) -> torch.Tensor:
-        key = (dim, pos, group_no, device)
+    def _rows_index(self, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+        key = (tuple(rows), device)
         idx = self._index.get(key)
         if idx is None:
-            idx = self._index[key] = torch.tensor(group.rows, dtype=torch.long, device=device)
+            idx = self._index[key] = torch.tensor(rows, dtype=torch.long, device=device)
         return idx
 
-    def _run(self, plan: list[list[_Group]], context: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out_dtype = context.dtype
-        work = self.compute_dtype or (torch.float32 if context.device.type == "cpu" else context.dtype)
-        k = v = context
-        owned = False  # k and v are private copies we may write into
-        for pos, groups in enumerate(plan):
-            for group_no, group in enumerate(groups):
-                k_mod, v_mod = self._modules(group.hn, dim, context.device, work)
-                m0 = group.multipliers[0]
-                mult: float | torch.Tensor = m0
-                if any(m != m0 for m in group.multipliers):
-                    mult = torch.tensor(group.multipliers, dtype=torch.float32, device=context.device).view(-1, 1, 1)
-                if len(group.rows) == self.rows:
-                    k = k_mod(k.to(work), mult).to(out_dtype)
-                    v = v_mod(v.to(work), mult).to(out_dtype)
-                    owned = True
-                    continue
-                idx = self._rows_index(pos, group_no, group, context.device, dim)
-                new_k = k_mod(k.index_select(0, idx).to(work), mult).to(out_dtype)
-                new_v = v_mod(v.index_select(0, idx).to(work), mult).to(out_dtype)
-                if not owned:
-                    k, v, owned = k.clone(), v.clone(), True
-                k.index_copy_(0, idx, new_k)
-                v.index_copy_(0, idx, new_v)
-        self.compute_counts[dim] += 1
-        return k, v
+    def _exact(self, group: ExactGroup, kv: torch.Tensor, dim: int, work: torch.dtype) -> torch.Tensor:
+        """Today's per-net computation for the group's rows of stacked ``kv`` (k rows, then v rows)."""
+        out_dtype = kv.dtype
+        k_mod, v_mod = self._modules(group.hn, dim, kv.device, work)
+        m0 = group.multipliers[0]
+        mult: float | torch.Tensor = m0
+        if any(m != m0 for m in group.multipliers):
+            mult = torch.tensor(group.multipliers, dtype=torch.float32, device=kv.device).view(-1, 1, 1)
+        k_rows = self._rows_index(group.rows, kv.device)
+        v_rows = self._rows_index([r + self.rows for r in group.rows], kv.device)
+        new_k = k_mod(kv.index_select(0, k_rows).to(work), mult).to(out_dtype)
+        new_v = v_mod(kv.index_select(0, v_rows).to(work), mult).to(out_dtype)
+        return kv.index_copy(0, self._rows_index([*group.rows, *(r + self.rows for r in group.rows)], kv.device),
+                             torch.cat([new_k, new_v]))
+
+    def _run(self, context: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        work = self.work_dtype(context.dtype, context.device)
+        kv = torch.cat([context, context])  # k rows, then v rows: one batched matmul serves both
+        for position in self._entries(dim, context.device, work):
+            for entry in position:
+                kv = self._exact(entry, kv, dim, work) if isinstance(entry, ExactGroup) else entry.apply(kv, context.dtype)
+        if not torch.compiler.is_compiling():
+            self.compute_counts[dim] += 1
+        return kv[:self.rows], kv[self.rows:]
 
     def transform(self, context: torch.Tensor, dim: int, cacheable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(context_k, context_v)`` for a ``(rows, tokens, dim)`` context.
 
         Rows with no applicable hypernet come back unchanged; when nothing applies at all, ``context`` itself is
         returned twice (no copy).  ``cacheable=True`` (cross-attention: the text context is the same tensor in
-        every layer and step) reuses the result computed for the same tensor; self-attention never caches.
+        every layer and step) reuses the result computed for the same tensor in eager runs; compiled graphs never
+        consult that cache (it is keyed on tensor addresses) — they get the text result prepared outside the graph
+        (``StaticHypernets.prepare_text``).
         """
         if context.shape[0] != self.rows:
             raise ValueError(f"context has {context.shape[0]} rows but {self.rows} hypernet chains were given")
         if context.shape[-1] != dim:
             raise ValueError(f"dim {dim} does not match the context's last dimension {context.shape[-1]}")
-        plan = self._plan(dim)
-        if not plan:
+        if dim not in self._plans:
             return context, context
-        key = None
-        if cacheable:
-            key = (context.data_ptr(), tuple(context.shape), context.stride(), context.dtype, context.device,
-                   _version(context), dim)
-            hit = self._cache.get(key)
-            if hit is not None:
-                self.cache_hits += 1
-                return hit[1], hit[2]
-        k, v = self._run(plan, context, dim)
-        if key is not None:
-            if len(self._cache) >= self.max_cache_entries:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (context, k, v)  # holding `context` keeps its memory from being reused
+        if not cacheable or torch.compiler.is_compiling():
+            return self._run(context, dim)
+        key = (context.data_ptr(), tuple(context.shape), context.stride(), context.dtype, context.device,
+               _version(context), dim)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self.cache_hits += 1
+            return hit[1], hit[2]
+        k, v = self._run(context, dim)
+        if len(self._cache) >= self.max_cache_entries:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = (context, k, v)  # holding `context` keeps its memory from being reused
         return k, v
 
 
@@ -175,7 +200,7 @@ class HypernetAttnProcessor:
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
-                 hypernets: PerSampleHypernets | None = None, **kwargs: Any) -> torch.Tensor:
+                 hypernets: HypernetTransform | None = None, **kwargs: Any) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -231,11 +256,24 @@ class HypernetAttnProcessor:
 def install_hypernet_processors(unet: torch.nn.Module) -> int:
     """Put one :class:`HypernetAttnProcessor` on every attention layer of ``unet`` (self and cross); return how many.
 
-    Call once after building the UNet (before ``torch.compile``).  Only UNets: A1111 never applies hypernets to
-    the VAE's attention, so a VAE is refused.
+    Call once after building the UNet (before ``torch.compile``: the processor is traced into the graph).  Only
+    UNets: A1111 never applies hypernets to the VAE's attention, so a VAE is refused.
     """
     if "Autoencoder" in type(unet).__name__ or not hasattr(unet, "set_attn_processor"):
         raise TypeError(f"install_hypernet_processors needs a diffusers UNet, got {type(unet).__name__}")
     count = len(unet.attn_processors)
     unet.set_attn_processor(HypernetAttnProcessor())
     return count
+
+
+def apply_stacked(hypernets: Sequence[tuple[Hypernetwork, float]], context: torch.Tensor, dim: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parity interface's ``apply`` computed through the stacked slots, every row of ``context`` with the chain.
+
+    For the shared checker (``check_parity.py engine.hypernet --apply engine.hypernet.attention:apply_stacked``), so
+    the batched path is held to A1111's outputs as well; the engine calls :class:`PerSampleHypernets`.
+    """
+    if context.shape[-1] != dim:
+        raise ValueError(f"dim {dim} does not match the context's last dimension {context.shape[-1]}")
+    with torch.no_grad():
+        return PerSampleHypernets([hypernets] * context.shape[0]).transform(context, dim)
