@@ -8,8 +8,9 @@ Workload: 512x512, 20 steps, Euler a, CFG 7; 8 users each with their own hyperne
 init), end to end (encode, denoise, decode, PNG); the same batch without hypernets (the overhead ratio); one request
 on an idle engine (3 runs).  Per-phase times come from CUDA events.
 
-The renderer is driven as it is (``Renderer``, ``BatchUNet`` unchanged): the compiled run only swaps
-``renderer.unet`` for ``RunnerUNet(runner)``.  The JSON is rewritten after every measurement (``--out``), so a run
+The renderer is driven as the worker drives it: the eager run uses the runner ``Renderer`` builds with compiling
+off, the compiled run swaps ``renderer.unet_runner`` for one compiling with the section's settings (what
+``Renderer.load(compile="on")`` builds).  The JSON is rewritten after every measurement (``--out``), so a run
 killed by its time limit still reports what it finished; sections that would overrun ``--deadline-s`` are skipped
 with the reason.  The last line on stdout is the whole JSON.
 
@@ -275,13 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     nets = {d: n.to(device, dtype) for d, n in zip(digests, net_list, strict=True)}
     refs = [HypernetRef(name=n.name, sha256=d, multiplier=0.8) for n, d in zip(net_list, digests, strict=True)]
     clock = PhaseClock(device)
-    unet = renderer.unet
+    unet, eager_runner = renderer.unet, renderer.unet_runner
     instrument(renderer, clock)
     if "eager" not in skip:
         report.run("engine_eager", 90, lambda: measure_engine(renderer, clock, refs, nets, args, report, "engine_eager"))
     if "compiled" not in skip:
         report.run("engine_compiled", 200, lambda: compiled_section(renderer, unet, clock, refs, nets, args, report))
-        renderer.unet = TimedUNet(unet, clock)
+        renderer.unet_runner = TimedUNet(eager_runner, clock)
     for name in ("engine_eager", "engine_compiled"):
         got, ref = report.data["sections"].get(name, {}), report.data["sections"].get("diffusers_one_by_one", {})
         if f"users{args.users}_hypernets" in got and "images_per_s" in ref:
@@ -301,7 +302,7 @@ def compiled_section(renderer: Any, unet: Any, clock: PhaseClock, refs: list[Any
                      args: argparse.Namespace, report: Report) -> dict[str, Any]:
     """Warm up the 8-user and the 1-image buckets (with and without the hypernets' layout), then measure."""
     from engine.worker.compile import CompileSettings
-    from engine.worker.unet_runner import RunnerUNet, UNetRunner
+    from engine.worker.unet_runner import UNetRunner
 
     cuda = renderer.device.type == "cuda"
     settings = CompileSettings(enabled=True, cudagraph_rows=args.cudagraph_rows if cuda else 0,
@@ -318,7 +319,7 @@ def compiled_section(renderer: Any, unet: Any, clock: PhaseClock, refs: list[Any
             section.setdefault("warm_up", []).extend(
                 runner.warm_up([(latent, latent)], dtype=renderer.dtype, buckets=(bucket,)))
             report.save()
-    renderer.unet = TimedUNet(RunnerUNet(runner), clock)
+    renderer.unet_runner = TimedUNet(runner, clock)
     measure_engine(renderer, clock, refs, nets, args, report, "engine_compiled")
     return {"runner": {k: v for k, v in vars(runner.stats).items() if k != "compiles"},
             "compiles": runner.stats.compiles}

@@ -152,7 +152,7 @@ class PhaseClock:
 
 
 class TimedUNet:
-    """The renderer's UNet (or a ``RunnerUNet``) with its calls timed as the ``unet`` phase."""
+    """The renderer's UNet runner (or a UNet) with its calls timed as the ``unet`` phase."""
 
     def __init__(self, unet: Any, clock: PhaseClock) -> None:
         self._unet = unet
@@ -170,7 +170,7 @@ def instrument(renderer: Any, clock: PhaseClock) -> None:
     renderer.encoder.encode = clock.wrap("encode", renderer.encoder.encode)
     renderer.vae.decode = clock.wrap("decode", renderer.vae.decode)
     renderer._png = clock.wrap("png", renderer._png)
-    renderer.unet = TimedUNet(renderer.unet, clock)
+    renderer.unet_runner = TimedUNet(renderer.unet_runner, clock)
 
 
 def sync(device: torch.device) -> None:

@@ -149,7 +149,9 @@ class EngineSettings:
     device: str = _opt("auto", choices=("auto", "cuda", "cpu"))
     dtype: str = _opt("auto", choices=("auto", "float16", "bfloat16", "float32"))
     hypernet_dtype: str = _opt("auto", choices=("auto", "float16", "bfloat16", "float32"))
-    max_batch: int = _opt(4, min=1, max=64)
+    max_batch: int = _opt(0, min=0, max=64)  # 0 = auto: 8 on CUDA, 4 elsewhere
+    compile: str = _opt("auto", choices=("auto", "on", "off", "cudagraphs"))
+    compile_cache_dir: str = _opt("data/compile-cache")
     hypernet_cache_mb: int = _opt(512, min=1, max=1_000_000)
     progress_interval_s: float = _opt(0.5, min=0.05, max=60)
     heartbeat_interval_s: float = _opt(2.0, min=0.1, max=60)

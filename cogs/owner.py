@@ -53,7 +53,9 @@ async def collect_figures(bot: HypercordBot) -> dict[str, Any]:
         "jobs_last_hour": last_hour, "images_per_s": round(engine["images_per_s"], 3),
         "avg_step_ms": round(engine["avg_step_s"] * 1000, 1), "vram_used_bytes": engine["vram_used_bytes"],
         "hypernet_cache_bytes": engine["cache_bytes"], "hypernet_cache": list(engine["cache_contents"]),
-        "worker_restarts": engine["restarts"], "uptime_s": round(time.time() - bot.started_at, 1),
+        "worker_restarts": engine["restarts"], "unet_compiled_calls": engine["unet_compiled_calls"],
+        "unet_eager_calls": engine["unet_eager_calls"], "unet_pending_layouts": engine["unet_pending_layouts"],
+        "uptime_s": round(time.time() - bot.started_at, 1),
         "guilds": len(bot.guilds), "accepting_jobs": bot.jobs.accepting,
         "workers": [{key: worker[key] for key in ("name", "state", "device", "checkpoint", "max_batch", "jobs_done",
                                                   "heartbeat_age_s", "host")} for worker in engine["workers"]],
@@ -88,7 +90,11 @@ def status_embed(figures: dict[str, Any]) -> discord.Embed:
     embed.add_field(name="Queue", value=f"{figures['queue']} waiting from {figures['users_waiting']} users\n"
                     f"{figures['running']} running")
     embed.add_field(name="Last hour", value=f"{done} done, {failed} failed, {jobs.get('cancelled', 0)} cancelled")
-    embed.add_field(name="Speed", value=f"{figures['images_per_s']:.2f} images/s\n{figures['avg_step_ms']:.0f} ms/step")
+    speed = f"{figures['images_per_s']:.2f} images/s\n{figures['avg_step_ms']:.0f} ms/step"
+    if figures["unet_compiled_calls"] or figures["unet_pending_layouts"]:  # a compiling (GPU) worker
+        speed += (f"\nUNet: {figures['unet_compiled_calls']} compiled, {figures['unet_eager_calls']} eager calls, "
+                  f"{figures['unet_pending_layouts']} layouts to compile")
+    embed.add_field(name="Speed", value=speed)
     cache = ", ".join(figures["hypernet_cache"][:10]) or "empty"
     embed.add_field(name="Memory", value=f"VRAM used: {_mib(figures['vram_used_bytes'])}\nhypernet cache: "
                     f"{_mib(figures['hypernet_cache_bytes'])} ({cache})"[:1024])

@@ -101,13 +101,16 @@ class WorkerConfig:
     device: str = "auto"  # auto | cuda | cpu
     dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     hypernet_dtype: str = "auto"  # auto = the UNet's dtype on GPU, float32 on CPU
-    max_batch: int = 4
+    max_batch: int = 4  # images per UNet batch; 0 = auto (8 on CUDA, where the 16-row compiled bucket fills; 4 elsewhere)
     hypernet_cache_bytes: int = 512 * 1024 * 1024
     model_store_dir: str = "models/store"  # canonical hypernet files named <sha256>.safetensors
     progress_interval_s: float = 0.5
     checkpoints: tuple[CheckpointSpec, ...] = ()  # every checkpoint jobs may name (empty: ``checkpoint`` alone)
     checkpoint_device_bytes: int = 0  # device memory for resident checkpoints (0: keep one)
     checkpoint_host_bytes: int = 0  # CPU memory for checkpoints parked off the device (0: drop them)
+    compile: str = "auto"  # the UNet: auto (compiled on CUDA) | on | off | cudagraphs (engine/worker/compile.py)
+    compile_cache_dir: str = ""  # persistent inductor/Triton cache ("" = torch's default)
+    warm_up_sizes: tuple[tuple[int, int], ...] = ((512, 512),)  # (width, height) compiled before the worker is ready
 
 
 # ---- bot -> worker ----------------------------------------------------------------------------
@@ -154,6 +157,7 @@ class Hello:
     dtype: str
     context_dim: int
     attention_widths: tuple[int, ...] = ()  # self-attention widths of the UNet (what hypernet sizes can match)
+    max_batch: int = 0  # images per batch the worker wants (``WorkerConfig.max_batch`` with auto resolved); 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,9 @@ class Health:
     vram_used_bytes: int = 0
     hypernet_cache_bytes: int = 0
     hypernet_cache_names: tuple[str, ...] = ()
+    unet_compiled_calls: int = 0  # UNet calls that ran a compiled graph (engine/worker/unet_runner.py)
+    unet_eager_calls: int = 0  # ... that ran eager (compiling off, LoRAs, a layout waiting for an idle compile)
+    unet_pending_layouts: int = 0  # hypernet layouts met that wait for an idle moment to compile
 
 
 @dataclass(frozen=True, slots=True)

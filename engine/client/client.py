@@ -155,7 +155,14 @@ class EngineClient(JobBook):
             vram_used_bytes=health.vram_used_bytes if health else 0,
             cache_contents=health.hypernet_cache_names if health else (),
             uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0, restarts=self.restarts,
-            workers=(self._worker_status(),))
+            workers=(self._worker_status(),), unet_compiled_calls=health.unet_compiled_calls if health else 0,
+            unet_eager_calls=health.unet_eager_calls if health else 0,
+            unet_pending_layouts=health.unet_pending_layouts if health else 0)
+
+    def _max_batch(self) -> int:
+        """Images per batch: what the worker asked for in its Hello (auto resolved for its device), else the config's."""
+        hello = self._hello
+        return (hello.max_batch if hello and hello.max_batch else self.config.max_batch) or 4
 
     def _worker_status(self) -> WorkerStatus:
         """The one child worker, in the shape /status lists every worker in."""
@@ -163,7 +170,7 @@ class EngineClient(JobBook):
         state = "busy" if self._state == "ready" and self._batch_id is not None else self._state
         return WorkerStatus(name="local", state=state, device=hello.device if hello else "",
                             checkpoint=hello.checkpoint if hello else self.config.checkpoint,
-                            max_batch=self.config.max_batch, jobs_done=self._done,
+                            max_batch=self._max_batch(), jobs_done=self._done,
                             heartbeat_age_s=time.monotonic() - self._last_seen if self._last_seen else None,
                             pid=self._link.pid if self._link else None)
 
@@ -266,7 +273,7 @@ class EngineClient(JobBook):
     def _dispatch(self) -> None:
         if self._batch_id is not None or self._link is None or self._state != "ready" or not self._accepting:
             return
-        jobs = self._queue.next_batch(self.config.max_batch)
+        jobs = self._queue.next_batch(self._max_batch())
         if not jobs:
             return
         batch_id = self._batch_id = next(self._batch_ids)

@@ -50,3 +50,6 @@ class EngineStatus:
     uptime_s: float
     restarts: int
     workers: tuple[WorkerStatus, ...] = ()  # every worker known (one for the local transport)
+    unet_compiled_calls: int = 0  # UNet calls that ran a compiled graph (engine/worker/unet_runner.py)
+    unet_eager_calls: int = 0
+    unet_pending_layouts: int = 0  # hypernet layouts waiting for an idle moment to be compiled

@@ -77,8 +77,8 @@ def _standalone(args: argparse.Namespace) -> int:
     r = redis.Redis.from_url(args.redis, socket_timeout=15, socket_connect_timeout=5, health_check_interval=10)
     fleet = _fleet_config(r, layout)
     cfg = fleet.worker
-    cfg = replace(cfg, device=args.device or cfg.device, max_batch=args.max_batch or cfg.max_batch,
-                  model_store_dir=args.store or cfg.model_store_dir)
+    cfg = replace(cfg, device=args.device or cfg.device, model_store_dir=args.store or cfg.model_store_dir)
+    cfg = replace(cfg, max_batch=_max_batch(args.max_batch or cfg.max_batch, cfg.device))
     fleet = replace(fleet, worker=cfg)
     endpoint = RedisEndpoint(r, layout, name, fleet)
     endpoint.start()
@@ -90,6 +90,19 @@ def _standalone(args: argparse.Namespace) -> int:
     code = Worker(endpoint, cfg, Faults.from_env(os.environ), models=fetcher).run()
     endpoint.close()
     return code
+
+
+def _max_batch(configured: int, device: str) -> int:
+    """The batch size this worker advertises: configured, or auto (0) resolved for its device (imports torch)."""
+    if configured > 0:
+        return configured
+    from engine.worker.checkpoints import resolve_device
+    from engine.worker.compile import auto_max_batch
+
+    try:
+        return auto_max_batch(0, resolve_device(device))
+    except ValueError:  # CUDA asked for but absent: the worker's start-up reports that; advertise the CPU's size
+        return auto_max_batch(0, "cpu")
 
 
 def _fleet_config(r: redis.Redis, layout: RedisLayout) -> FleetConfig:

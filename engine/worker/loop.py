@@ -57,9 +57,11 @@ from engine.protocol import (
     WorkerConfig,
     wrap,
 )
+from engine.worker.compile import auto_max_batch
 from engine.worker.faults import Faults
 from engine.worker.hypernet_cache import HypernetCache
 from engine.worker.renderer import Cancelled, Renderer, RequestError
+from engine.worker.unet_runner import UNetRunner
 
 __all__ = ["EXIT_DEVICE_ERROR", "EXIT_PROTOCOL", "Endpoint", "Worker"]
 
@@ -68,6 +70,7 @@ log = logging.getLogger("engine.worker")
 EXIT_DEVICE_ERROR = 70
 EXIT_PROTOCOL = 65
 OOM_HINT = "Try a smaller size or fewer images per request."
+_IDLE_COMPILE_AFTER_S = 2.0  # no batch for this long: compile one UNet layout that ran eager
 
 
 class Endpoint(Protocol):
@@ -98,6 +101,7 @@ class Worker:
         self._cancelled: set[int] = set()
         self._cancel_lock = threading.Lock()
         self._busy = False
+        self._runner: UNetRunner | None = None  # the renderer's UNet runner, for its figures in Health
         self._cache_snapshot: tuple[int, tuple[str, ...]] = (0, ())
         self._names: dict[str, str] = {}
         self._loras: HypernetCache[LoraNetwork] | None = None  # set in run(): its loader needs the model
@@ -148,8 +152,11 @@ class Worker:
     def _health(self, nonce: int) -> Health:
         cache_bytes, names = self._cache_snapshot
         vram = int(torch.cuda.memory_allocated()) if self._device_is_cuda else 0
+        stats = self._runner.stats if self._runner is not None else None
         return Health(nonce=nonce, busy=self._busy, vram_used_bytes=vram, hypernet_cache_bytes=cache_bytes,
-                      hypernet_cache_names=names)
+                      hypernet_cache_names=names, unet_compiled_calls=stats.compiled_calls if stats else 0,
+                      unet_eager_calls=stats.eager_calls if stats else 0,
+                      unet_pending_layouts=len(self._runner.pending) if self._runner is not None else 0)
 
     def _is_cancelled(self, job_id: int) -> bool:
         with self._cancel_lock:
@@ -160,8 +167,12 @@ class Worker:
     def run(self) -> int:
         """Load the checkpoint, say Hello, then render batches until ``Shutdown`` (returns the exit code)."""
         cfg = self._config
-        renderer = Renderer.load(cfg.checkpoint, cfg.device, cfg.dtype, cfg.hypernet_dtype)
+        renderer = Renderer.load(cfg.checkpoint, cfg.device, cfg.dtype, cfg.hypernet_dtype, compile=cfg.compile,
+                                 compile_cache_dir=cfg.compile_cache_dir or None)
         self._device_is_cuda = renderer.device.type == "cuda"
+        self._runner = renderer.unet_runner
+        for what, seconds in renderer.warm_up(cfg.warm_up_sizes):  # compiled before Hello: no user waits for it
+            log.info("warm-up: compiled the UNet for %s in %.1f s", what, seconds)
 
         def load(path: os.PathLike[str]) -> Hypernetwork:
             return load_canonical(str(path)).to(renderer.device, renderer.hypernet_dtype)
@@ -177,10 +188,11 @@ class Worker:
                                          kind="embedding")
         self.send(Hello(protocol_version=PROTOCOL_VERSION, pid=os.getpid(), device=str(renderer.device),
                         checkpoint=cfg.checkpoint, dtype=str(renderer.dtype).removeprefix("torch."),
-                        context_dim=int(renderer.context_dim), attention_widths=tuple(sorted(renderer.attention_widths))))
+                        context_dim=int(renderer.context_dim), attention_widths=tuple(sorted(renderer.attention_widths)),
+                        max_batch=auto_max_batch(cfg.max_batch, renderer.device)))
         threading.Thread(target=self._reader, name="worker-reader", daemon=True).start()
         while True:
-            item = self._work.get()
+            item = self._next_work(renderer.unet_runner)
             if isinstance(item, Shutdown):
                 return 0
             self._busy = True
@@ -188,6 +200,18 @@ class Worker:
                 self._run_batch(item, renderer, cache)
             finally:
                 self._busy = False
+
+    def _next_work(self, runner: UNetRunner) -> SubmitBatch | Shutdown:
+        """The next batch or Shutdown; while none comes, compile one UNet layout that ran eager (idle time only)."""
+        while True:
+            try:
+                return self._work.get(timeout=_IDLE_COMPILE_AFTER_S if runner.pending else None)
+            except queue.Empty:
+                self._busy = True
+                try:
+                    runner.compile_pending(1)
+                finally:
+                    self._busy = False
 
     # ---- one batch ------------------------------------------------------------------------------
 

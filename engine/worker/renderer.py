@@ -64,8 +64,10 @@ from engine.sampling import (
 from engine.settings_infotext import settings_infotext
 from engine.worker.batch_rows import BatchRows, EmbeddingKey, embedding_key
 from engine.worker.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_device, resolve_dtype
+from engine.worker.compile import CompileSettings
 from engine.worker.images import decode_latents, png_bytes
 from engine.worker.unet_model import BatchUNet
+from engine.worker.unet_runner import UNetRunner
 
 __all__ = ["MAX_SEED", "Cancelled", "RenderOutput", "Renderer", "RequestError"]
 
@@ -110,7 +112,8 @@ class Renderer:
     """
 
     def __init__(self, parts: LoadedCheckpoint, *, checkpoint: str, device: torch.device, dtype: torch.dtype,
-                 hypernet_dtype: torch.dtype, embeddings: EmbeddingSet | None = None) -> None:
+                 hypernet_dtype: torch.dtype, embeddings: EmbeddingSet | None = None,
+                 compile_settings: CompileSettings | None = None) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
@@ -134,6 +137,8 @@ class Renderer:
         self.attention_widths = frozenset(
             m.to_k.in_features for m in self.unet.modules() if _is_attention(m) and not m.is_cross_attention)
         self.processor_count = install_hypernet_processors(self.unet)
+        self.unet_runner = UNetRunner(self.unet, device=device, hypernet_dtype=hypernet_dtype,
+                                      settings=compile_settings)
 
     @property
     def shape(self) -> ModelShape:
@@ -155,11 +160,14 @@ class Renderer:
     @classmethod
     def load(cls, checkpoint: str, device: str = "auto", dtype: str = "auto", hypernet_dtype: str = "auto", *,
              embeddings: EmbeddingSet | None = None, vae: str = "", prediction: str = "auto",
-             hash_cache: HashCache | None = None) -> Renderer:
+             hash_cache: HashCache | None = None, compile: str = "off", compile_cache_dir: str | None = None
+             ) -> Renderer:
         """Load a checkpoint ("tiny", a diffusers folder, a .safetensors file or a hub id) onto a device.
 
         ``vae``: a separate VAE file ("" = the checkpoint's own); ``prediction``: ``auto``, ``epsilon`` or
-        ``v_prediction``; ``hash_cache``: where A1111's file hashes are remembered (see :mod:`engine.checkpoints`).
+        ``v_prediction``; ``hash_cache``: where A1111's file hashes are remembered (see :mod:`engine.checkpoints`);
+        ``compile``: ``off`` (eager), ``auto`` (compiled on CUDA), ``on`` or ``cudagraphs``, with the compile cache in
+        ``compile_cache_dir`` (see :mod:`engine.worker.compile`; the worker passes its configuration's).
 
         ``device`` auto = CUDA when available; ``dtype`` auto = float16 on CUDA, float32 on CPU; ``hypernet_dtype``
         auto = the UNet's dtype on CUDA (A1111's autocast behaviour, much faster), float32 on CPU.
@@ -172,8 +180,19 @@ class Renderer:
             hn_dtype = torch.float32
         parts = load_checkpoint(checkpoint, model_dtype, vae=Path(vae) if vae else None,
                                 prediction=None if prediction == "auto" else prediction, hash_cache=hash_cache)
+        settings = CompileSettings.from_option(compile, dev, cache_dir=compile_cache_dir)
         return cls(parts, checkpoint=checkpoint, device=dev, dtype=model_dtype, hypernet_dtype=hn_dtype,
-                   embeddings=embeddings)
+                   embeddings=embeddings, compile_settings=settings)
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]]) -> list[tuple[str, float]]:
+        """Compile the UNet for images of these ``(width, height)`` before serving (nothing when compiling is off).
+
+        Under ``torch.no_grad()``, the grad mode :meth:`generate` runs in (dynamo guards on it).  Returns what was
+        compiled and the seconds each took.
+        """
+        latents = [(h // self.vae_scale_factor, w // self.vae_scale_factor) for w, h in sizes]
+        with torch.no_grad():
+            return self.unet_runner.warm_up(latents, dtype=self.dtype)
 
     # ---- checks -------------------------------------------------------------------------------------------
 
@@ -282,8 +301,8 @@ class Renderer:
             conds = self._encode(rows, {embedding_key(r): encoders[r.job_id] for r in requests})
             guidance = [RowGuidance(row.cfg_scale, tuple(part.weight for part in conds[row.prompt]))
                         for row in rows.rows]
-            model = BatchUNet(self.unet, rows, conds, dtype=self.dtype, hypernet_dtype=self.hypernet_dtype,
-                              view=plan.view, v_prediction=self.v_prediction)
+            model = BatchUNet(self.unet_runner, rows, conds, dtype=self.dtype, view=plan.view,
+                              v_prediction=self.v_prediction)
             guided = plan.guided_model(model, guidance, should_stop=_row_stop(should_stop, rows))
             shape = (int(self.unet.config.in_channels), first.height // self.vae_scale_factor,
                      first.width // self.vae_scale_factor)
@@ -338,12 +357,16 @@ class Renderer:
             known = {e.name: e.short_hash for e in s.embeddings}
             hashes = [(e.name, h) for e in used if (h := known.get(e.name) or e.short_hash)]
             images = [by_row[i] for i in idx]
-            pngs = [png_bytes(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
+            pngs = [self._png(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
                                                        embeddings=hashes, extra=self.vae_fields))
                     for k, image in enumerate(images)]
             outputs.append(RenderOutput(req.job_id, images, pngs, [rows.rows[i].seed.seed for i in idx],
                                         list(notes[req.job_id])))
         return outputs
+
+    def _png(self, image: Image.Image, infotext: str) -> bytes:
+        """One image as PNG with its A1111 infotext (a method so the benchmark can time the phase)."""
+        return png_bytes(image, infotext)
 
 
 def _check_models(req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], loras: Mapping[str, LoraNetwork],

@@ -12,7 +12,11 @@ We do the same over the whole batch: model rows are grouped by context length an
 a row sees exactly the context it would see alone.
 
 LoRAs: each model row carries its batch row's LoRA list (UNet multipliers) through :mod:`engine.lora`'s per-row
-hooks, active for that UNet call only; rows without one are untouched bit for bit.
+hooks, active for that UNet call only; rows without one are untouched bit for bit.  Those hooks are registered per
+call, which a compiled graph cannot follow, so a UNet call with LoRAs runs eager (``UNetRunner(..., eager=True)``).
+
+The UNet itself is called through :class:`engine.worker.unet_runner.UNetRunner`: eager, or compiled per batch-size
+bucket with the hypernets in static slots (``docs/performance.md``); it keeps the per-batch hypernet plans.
 
 Context tensors, hypernet plans and LoRA batches are reused across evaluations while a row's schedule entry stays
 the same, so the hypernets' cross-attention results stay cached (they are keyed on the context tensor).
@@ -29,11 +33,11 @@ from collections.abc import Sequence
 import torch
 
 from engine.conditioning import ScheduledCond, WeightedSchedule
-from engine.hypernet.attention import PerSampleHypernets
 from engine.lora import LoraBatch, build_lora_batch, lora_batch_active
 from engine.sampling import Evaluation, ModelRows
 from engine.sampling.schedules import DiscreteSigmas
-from engine.worker.batch_rows import BatchRows, HypernetChain
+from engine.worker.batch_rows import BatchRows
+from engine.worker.unet_runner import UNetRunner
 
 __all__ = ["BatchUNet", "entry_at"]
 
@@ -59,19 +63,17 @@ class BatchUNet:
     ``conds[p]`` is the encoded prompt request ``p`` of ``rows.prompts`` (its AND parts; a negative prompt has one).
     """
 
-    def __init__(self, unet: torch.nn.Module, rows: BatchRows, conds: Sequence[Sequence[WeightedSchedule]], *,
-                 dtype: torch.dtype, hypernet_dtype: torch.dtype, view: DiscreteSigmas, v_prediction: bool = False
-                 ) -> None:
-        self.unet = unet
+    def __init__(self, runner: UNetRunner, rows: BatchRows, conds: Sequence[Sequence[WeightedSchedule]], *,
+                 dtype: torch.dtype, view: DiscreteSigmas, v_prediction: bool = False) -> None:
+        self.runner = runner
+        self.unet = runner.unet
         self.rows = rows
         self.conds = conds
         self.dtype = dtype
-        self.hypernet_dtype = hypernet_dtype
         self.view = view
         self.v_prediction = v_prediction
         self.unet_calls = 0
         self._contexts: OrderedDict[tuple[tuple[int, int, int], ...], torch.Tensor] = OrderedDict()
-        self._hypernets: dict[tuple[int, ...], PerSampleHypernets] = {}
         self._loras: dict[tuple[int, ...], LoraBatch | None] = {}
         self.lora_skipped: dict[str, set[str]] = {}  # LoRA name -> modules its update did not fit (A1111 skips them)
 
@@ -102,11 +104,11 @@ class BatchUNet:
         group = tuple(keys[k] for k in members)
         context = self._context(group, x.device)
         batch_rows = tuple(key[0] for key in group)
-        hypernets = self._hypernets_of(batch_rows)
+        chains = [self.rows.rows[r].chain for r in batch_rows]
+        loras = self._loras_of(batch_rows)
         self.unet_calls += 1
-        with lora_batch_active(self.unet, self._loras_of(batch_rows)):
-            out = self.unet(x.to(self.dtype), t, encoder_hidden_states=context,
-                            cross_attention_kwargs={"hypernets": hypernets}).sample
+        with lora_batch_active(self.unet, loras):
+            out = self.runner(x.to(self.dtype), t, context, chains, eager=loras is not None)
         if self.v_prediction:
             sigma = self.view.t_to_sigma(t.cpu()).to(x.device).view(-1, 1, 1, 1)
             c_in = 1 / (sigma ** 2 + 1) ** 0.5
@@ -133,10 +135,3 @@ class BatchUNet:
                 self.lora_skipped.setdefault(name, set()).add(module)
             self._loras[batch_rows] = batch
         return self._loras[batch_rows]
-
-    def _hypernets_of(self, batch_rows: tuple[int, ...]) -> PerSampleHypernets:
-        found = self._hypernets.get(batch_rows)
-        if found is None:
-            chains: list[HypernetChain] = [self.rows.rows[r].chain for r in batch_rows]
-            found = self._hypernets[batch_rows] = PerSampleHypernets(chains, compute_dtype=self.hypernet_dtype)
-        return found

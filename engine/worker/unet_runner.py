@@ -28,7 +28,7 @@ from engine.hypernet.slot_plan import Layout, standard_layout
 from engine.hypernet.slot_pool import HypernetSlotPool, StaticHypernets
 from engine.worker.compile import CompileSettings, RowBuckets, compiled_unet, configure_compile_cache
 
-__all__ = ["RunnerStats", "RunnerUNet", "UNetRunner", "attention_dims"]
+__all__ = ["RunnerStats", "UNetRunner", "attention_dims"]
 
 log = logging.getLogger("engine.worker.compile")
 
@@ -91,13 +91,14 @@ class UNetRunner:
 
     # ---- the call -----------------------------------------------------------------------------------------
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, chains: Sequence[Chain]
-                 ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, chains: Sequence[Chain], *,
+                 eager: bool = False) -> torch.Tensor:
+        """The UNet's output for these rows; ``eager`` forces the eager path (a call with per-call module hooks)."""
         rows = x.shape[0]
         if len(chains) != rows or context.shape[0] != rows or t.shape[0] != rows:
             raise ValueError(f"{rows} sample rows need as many timesteps, contexts and chains "
                              f"(got {t.shape[0]}, {context.shape[0]}, {len(chains)})")
-        if not self.settings.enabled:
+        if eager or not self.settings.enabled:
             return self._eager(x, t, context, chains)
         bucket = self.buckets.bucket_for(rows)
         if bucket is None:
@@ -265,33 +266,6 @@ class UNetRunner:
     @property
     def ready(self) -> frozenset[GraphKey]:
         return frozenset(self._ready)
-
-
-class RunnerUNet:
-    """Stands in for the diffusers UNet where the renderer calls it today, routing the call through a runner.
-
-    ``unet(x, t, encoder_hidden_states=c, cross_attention_kwargs={"hypernets": PerSampleHypernets}).sample`` becomes
-    ``runner(x, t, c, hypernets.chains)``; every other attribute (``config``, ``dtype``, ...) is the UNet's.  So a
-    ``Renderer`` can be switched without changing ``BatchUNet``: ``renderer.unet = RunnerUNet(runner)``.
-    """
-
-    def __init__(self, runner: UNetRunner) -> None:
-        self.runner = runner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.runner.unet, name)
-
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
-                 cross_attention_kwargs: dict[str, Any] | None = None, **_: Any) -> Any:
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-        hypernets = (cross_attention_kwargs or {}).get("hypernets")
-        rows = sample.shape[0]
-        chains = list(getattr(hypernets, "chains", None) or [()] * rows)
-        t = torch.as_tensor(timestep, device=sample.device)
-        if t.ndim == 0:
-            t = t.expand(rows)
-        return UNet2DConditionOutput(sample=self.runner(sample, t, encoder_hidden_states, chains))
 
 
 def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:

@@ -45,15 +45,16 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("[engine]\ndevcie = 'cpu'\n",
-     "unknown key `engine.devcie` (expected one of: device, dtype, hypernet_dtype, max_batch, hypernet_cache_mb, "
-     "progress_interval_s, heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s, transport, "
-     "redis_url, redis_prefix, bot_id, lease_s)"),
+     "unknown key `engine.devcie` (expected one of: device, dtype, hypernet_dtype, max_batch, compile, "
+     "compile_cache_dir, hypernet_cache_mb, progress_interval_s, heartbeat_interval_s, heartbeat_timeout_s, "
+     "start_timeout_s, job_timeout_s, transport, redis_url, redis_prefix, bot_id, lease_s)"),
     ("[engin]\n", "unknown section `[engin]` (expected one of: discord, storage, models, checkpoints, intake, engine, "
                    "limits, logging)"),
     ("[engine]\nmax_batch = 'four'\n", '`engine.max_batch` must be an integer, got string "four"'),
     ("[engine]\nmax_batch = 2.5\n", "`engine.max_batch` must be an integer, got number 2.5"),
     ("[engine]\ndevice = 'gpu'\n", '`engine.device` must be one of auto, cuda, cpu; got "gpu"'),
-    ("[engine]\nmax_batch = 0\n", "`engine.max_batch` must be at least 1; got 0"),
+    ("[engine]\nmax_batch = -1\n", "`engine.max_batch` must be at least 0; got -1"),
+    ("[engine]\ncompile = 'yes'\n", '`engine.compile` must be one of auto, on, off, cudagraphs; got "yes"'),
     ("[engine]\njob_timeout_s = 1\n", "`engine.job_timeout_s` must be at least 5; got 1.0"),
     ("[discord]\nowner_ids = [1, 'two']\n", '`discord.owner_ids[1]` must be an integer, got string "two"'),
     ("[discord]\nowner_ids = 5\n", "`discord.owner_ids` must be a list of integers, got integer 5"),
@@ -96,7 +97,8 @@ def test_job_timeout_reaches_the_engine_client(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("environ", "message"), [
     ({"HYPERCORD_ENGINE__MAX_BATCH": "four"}, '`engine.max_batch` must be an integer, got string "four"'),
     ({"HYPERCORD_ENGINE__DEVCIE": "cpu"}, "environment variable HYPERCORD_ENGINE__DEVCIE: unknown key `engine.devcie` "
-     "(expected one of: device, dtype, hypernet_dtype, max_batch, hypernet_cache_mb, progress_interval_s, "
+     "(expected one of: device, dtype, hypernet_dtype, max_batch, compile, compile_cache_dir, hypernet_cache_mb, "
+     "progress_interval_s, "
      "heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s, transport, redis_url, redis_prefix, "
      "bot_id, lease_s)"),
     ({"HYPERCORD_ENGINEDEVICE": "cpu"}, "environment variable HYPERCORD_ENGINEDEVICE does not name a setting (use "

@@ -16,7 +16,8 @@ def figures(workers: list[dict[str, Any]]) -> dict[str, Any]:
     return {"worker": "ready", "pid": None, "device": "cuda:0, cuda:1", "checkpoint": "sd15", "queue": 0, "running": 0,
             "users_waiting": 0, "jobs_last_hour": {}, "images_per_s": 0.0, "avg_step_ms": 0.0, "vram_used_bytes": 0,
             "hypernet_cache_bytes": 0, "hypernet_cache": [], "worker_restarts": 0, "uptime_s": 5.0, "guilds": 1,
-            "accepting_jobs": True, "workers": workers}
+            "accepting_jobs": True, "workers": workers, "unet_compiled_calls": 0, "unet_eager_calls": 0,
+            "unet_pending_layouts": 0}
 
 
 def test_each_worker_gets_a_line() -> None:
@@ -39,3 +40,11 @@ def test_the_embed_has_a_workers_field() -> None:
     embed = status_embed(figures([worker("gpu-a"), worker("gpu-b")]))
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Workers (2)"].count("\n") == 1 and "`gpu-b` ready" in fields["Workers (2)"]
+
+
+def test_a_compiling_worker_shows_its_unet_calls_and_an_eager_one_does_not() -> None:
+    eager = {f.name: f.value for f in status_embed(figures([])).fields}
+    compiling = figures([]) | {"unet_compiled_calls": 120, "unet_eager_calls": 3, "unet_pending_layouts": 1}
+    fields = {f.name: f.value for f in status_embed(compiling).fields}
+    assert fields["Speed"] == "0.00 images/s\n0 ms/step\nUNet: 120 compiled, 3 eager calls, 1 layouts to compile"
+    assert eager["Speed"] == "0.00 images/s\n0 ms/step"

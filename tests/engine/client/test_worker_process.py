@@ -96,7 +96,7 @@ async def client(store):
     saved = {k: os.environ.get(k) for k in ("DISCORD_TOKEN", "DISCORD_TOKEN_FILE")}
     os.environ["DISCORD_TOKEN"] = FAKE_TOKEN  # the bot's own environment has it; the worker must not
     os.environ["DISCORD_TOKEN_FILE"] = "/run/secrets/token"
-    config = WorkerConfig(checkpoint="tiny", device="cpu", dtype="float32", max_batch=4,
+    config = WorkerConfig(checkpoint="tiny", device="cpu", dtype="float32", max_batch=0,  # auto: 4 on the CPU
                           model_store_dir=str(store["_dir"]), progress_interval_s=0.0)
     transport = LocalWorkers(extra_env={"OMP_NUM_THREADS": "1", "HYPERCORD_TEST_FAULTS": json.dumps(FAULTS)})
     c = EngineClient(config, transport=transport, max_queue=12, max_per_user=12, heartbeat_interval_s=0.3,
@@ -389,6 +389,13 @@ async def test_status_reports_figures(client):
     assert status.images_per_s > 0 and status.avg_step_s > 0
     assert status.restarts == before.restarts and status.uptime_s > before.uptime_s
     assert status.queue_length == 0 and status.running == 0
+    assert [w.max_batch for w in status.workers] == [4]  # max_batch 0 (auto) as the worker resolved it: CPU, 4
+    for _ in range(100):  # the UNet figures come with the next heartbeat (every 0.3 s here)
+        if client.status().unet_eager_calls > before.unet_eager_calls:
+            break
+        await asyncio.sleep(0.05)
+    assert client.status().unet_eager_calls > before.unet_eager_calls  # compile "auto" on the CPU: eager
+    assert client.status().unet_compiled_calls == 0
 
 
 async def test_submit_before_start_is_refused():

@@ -10,6 +10,8 @@ output's scale (other BLAS builds may round differently).
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -21,11 +23,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from engine.hypernet import Hypernetwork, from_state_dict, load
 from engine.hypernet.attention import PerSampleHypernets, install_hypernet_processors
 from engine.hypernet.slot_pool import HypernetSlotPool
-from engine.protocol import HypernetRef
-from engine.worker.compile import CompileSettings, RowBuckets
+from engine.protocol import HypernetRef, Shutdown, WorkerConfig
+from engine.worker.compile import CompileSettings, RowBuckets, auto_max_batch
+from engine.worker.faults import Faults
+from engine.worker.loop import Worker
 from engine.worker.renderer import Renderer
 from engine.worker.tiny import build_tiny
-from engine.worker.unet_runner import RunnerUNet, UNetRunner, attention_dims
+from engine.worker.unet_runner import UNetRunner, attention_dims
 from tests.requests import request as make_request
 
 pytestmark = [
@@ -183,7 +187,7 @@ def test_runner_takes_the_exact_path_for_batch_dependent_nets_and_when_disabled(
 
 
 def test_rendered_images_are_the_same_compiled_and_eager() -> None:
-    """The renderer as it is, its UNet swapped for a runner compiled with aot_eager (traced, decomposed graph)."""
+    """The renderer as the worker runs it, its runner compiling with aot_eager (traced, decomposed graph)."""
     files = [ZOO / "pub_zoo_relu.pt", ZOO / "pub_zoo_tanh.pt"]
     nets = {hashlib.sha256(f.read_bytes()).hexdigest(): load(f) for f in files}
     refs = [HypernetRef(name=f.stem, sha256=d, multiplier=0.8) for f, d in zip(files, nets, strict=True)]
@@ -198,7 +202,7 @@ def test_rendered_images_are_the_same_compiled_and_eager() -> None:
     with torch.no_grad():  # the worker's start-up: warm up, then serve without compiling
         warmed = runner.warm_up([(8, 8)], dtype=torch.float32, buckets=(8,), layouts=[layout])
     assert len(warmed) == 1
-    renderer.unet = RunnerUNet(runner)
+    renderer.unet_runner = runner  # what Renderer.load(compile="on") builds, with a CPU-friendly backend
     for reqs, before in zip(batches, eager, strict=True):
         for a, b in zip(before, renderer.generate(reqs, nets), strict=True):
             assert a.seeds == b.seeds
@@ -226,3 +230,30 @@ def test_settings_and_buckets() -> None:
 def test_environment_turns_compilation_off(monkeypatch) -> None:
     monkeypatch.setenv("HYPERCORD_COMPILE", "off")
     assert not CompileSettings.from_option("on", "cuda").enabled
+
+
+def test_max_batch_auto_is_eight_on_cuda_and_four_elsewhere() -> None:
+    assert [auto_max_batch(0, d) for d in ("cuda", "cuda:1", "cpu")] == [8, 8, 4]
+    assert auto_max_batch(6, "cuda") == 6 and auto_max_batch(2, "cpu") == 2  # a configured size wins
+
+
+def test_an_idle_worker_compiles_a_layout_that_ran_eager(unet, nets) -> None:
+    """The worker loop's wait: no batch for a while and a layout pending -> it compiles it, then takes the work."""
+    runner = UNetRunner(unet, device="cpu", hypernet_dtype=torch.float32,
+                        settings=CompileSettings(enabled=True, backend="eager", buckets=(2,)))
+    x, t, text = inputs(2, seed=5)
+    with torch.no_grad():
+        runner(x, t, text, [[(nets[0], 0.5)], []])  # a new layout: eager now, queued for later
+    assert len(runner.pending) == 1 and runner.stats.pending_calls == 1
+    worker = Worker(conn=None, config=WorkerConfig(), faults=Faults())  # type: ignore[arg-type]  # never sends here
+    got: list[object] = []
+    waiting = threading.Thread(target=lambda: got.append(worker._next_work(runner)))
+    with torch.no_grad():
+        waiting.start()
+        for _ in range(600):
+            if not runner.pending:
+                break
+            time.sleep(0.05)
+        worker._work.put(Shutdown())
+        waiting.join(30)
+    assert got == [Shutdown()] and not runner.pending and len(runner.stats.compiles) == 1

@@ -16,6 +16,7 @@ from engine.sampling.plan import sd_alphas_cumprod
 from engine.sampling.schedules import DiscreteSigmas
 from engine.worker.batch_rows import BatchRows, ImageRow
 from engine.worker.unet_model import BatchUNet, entry_at
+from engine.worker.unet_runner import UNetRunner
 
 
 class RecordingUNet(torch.nn.Module):
@@ -25,6 +26,7 @@ class RecordingUNet(torch.nn.Module):
         super().__init__()
         self.calls: list[torch.Tensor] = []
         self.output = output
+        self.config = SimpleNamespace(cross_attention_dim=4)  # what the runner reads
 
     def forward(self, x, t, encoder_hidden_states, cross_attention_kwargs):
         self.calls.append(encoder_hidden_states)
@@ -47,8 +49,8 @@ def rows_of(*pairs: tuple[int, int]) -> BatchRows:
 
 
 def model(unet: torch.nn.Module, rows: BatchRows, conds: list[list[WeightedSchedule]], **kw) -> BatchUNet:
-    return BatchUNet(unet, rows, conds, dtype=torch.float32, hypernet_dtype=torch.float32,
-                     view=DiscreteSigmas(sd_alphas_cumprod()), **kw)
+    runner = UNetRunner(unet, device="cpu", hypernet_dtype=torch.float32, dims=())  # eager: the worker's CPU path
+    return BatchUNet(runner, rows, conds, dtype=torch.float32, view=DiscreteSigmas(sd_alphas_cumprod()), **kw)
 
 
 def test_entry_at_follows_a1111_and_falls_back_to_the_first_entry():
@@ -91,12 +93,14 @@ def test_v_prediction_is_turned_into_eps():
     x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps  # what the sampler hands the model (x * c_in)
 
     class VUNet(torch.nn.Module):
+        config = SimpleNamespace(cross_attention_dim=4)
+
         def forward(self, x, t, encoder_hidden_states, cross_attention_kwargs):
             return SimpleNamespace(sample=alpha.sqrt() * eps - (1 - alpha).sqrt() * x0)
 
     conds = [schedule((4, cond(1.0))), [], schedule((4, cond(0.0))), []]
     rows = BatchRows((ImageRow(0, RowSeed(0), 7.0, 0, 2, ()),), ())
-    fn = BatchUNet(VUNet(), rows, conds, dtype=torch.float32, hypernet_dtype=torch.float32, view=view,
-                   v_prediction=True)
+    runner = UNetRunner(VUNet(), device="cpu", hypernet_dtype=torch.float32, dims=())
+    fn = BatchUNet(runner, rows, conds, dtype=torch.float32, view=view, v_prediction=True)
     layout = model_rows([RowGuidance(7.0)], [0])
     assert torch.allclose(fn(x_t, t, layout, Evaluation(0, 0)), eps, atol=1e-4)
