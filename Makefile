@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; installed before the project so pip never pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TEST_PROCESSES ?= 2
 
 .PHONY: run test lint venv install-test install-run install-redis
 
@@ -31,8 +32,10 @@ install-redis:
 run: install-run
 	$(PY) -m bot
 
+# Two pytest processes (whole files each, so a module's bot or worker is started once): the suite's worker-backed and
+# end-to-end tiers mostly wait on subprocesses, so two of them share CI's two cores well.
 test: install-test install-redis
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

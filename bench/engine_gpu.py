@@ -170,7 +170,8 @@ def ops_and_graphs(unet: Any, net_list: list[Any], rows: int, latent: int, devic
 
 
 def worker_path(parts: Any, net_list: list[Any], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """The real EngineClient + worker process (eager: the worker's renderer is not compiled yet), ``max_batch`` 8."""
+    """The real EngineClient + worker process, eager (a compiled worker's warm-up would not fit the budget), 8 images
+    per batch."""
     from engine_throughput import run
 
     from engine.hypernet import save_canonical
