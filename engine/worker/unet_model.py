@@ -75,6 +75,7 @@ class BatchUNet:
         self.unet_calls = 0
         self._contexts: OrderedDict[tuple[tuple[int, int, int], ...], torch.Tensor] = OrderedDict()
         self._loras: dict[tuple[int, ...], LoraBatch | None] = {}
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
         self.lora_skipped: dict[str, set[str]] = {}  # LoRA name -> modules its update did not fit (A1111 skips them)
 
     def schedule_of(self, row: int, part: int) -> Sequence[ScheduledCond]:
@@ -94,10 +95,17 @@ class BatchUNet:
             return self._unet(x_in, t, keys, list(range(len(keys))))
         out = torch.empty_like(x_in, dtype=torch.float32)
         for length in dict.fromkeys(lengths):  # in order of first appearance: conds before unconds, as A1111
-            members = [k for k, n in enumerate(lengths) if n == length]
-            index = torch.tensor(members, device=x_in.device)
+            members = tuple(k for k, n in enumerate(lengths) if n == length)
+            index = self._index_of(members, x_in.device)
             out[index] = self._unet(x_in.index_select(0, index), t.index_select(0, index), keys, members).float()
         return out
+
+    def _index_of(self, members: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The rows of one length group as a device tensor, built once per batch (no host-to-device copy per step)."""
+        index = self._indices.get(members)
+        if index is None:
+            index = self._indices[members] = torch.tensor(members, device=device)
+        return index
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, keys: Sequence[tuple[int, int, int]],
               members: Sequence[int]) -> torch.Tensor:
