@@ -169,7 +169,7 @@ def instrument(renderer: Any, clock: PhaseClock) -> None:
     """Time the renderer's phases without changing it: text encoding, UNet calls, VAE decodes, PNG encoding."""
     renderer.encoder.encode = clock.wrap("encode", renderer.encoder.encode)
     renderer.vae.decode = clock.wrap("decode", renderer.vae.decode)
-    renderer._png = clock.wrap("png", renderer._png)
+    renderer.png_encoder.encode = clock.wrap("png", renderer.png_encoder.encode)
     renderer.unet_runner = TimedUNet(renderer.unet_runner, clock)
 
 

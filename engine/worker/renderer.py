@@ -65,7 +65,7 @@ from engine.settings_infotext import settings_infotext
 from engine.worker.batch_rows import BatchRows, EmbeddingKey, embedding_key
 from engine.worker.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_device, resolve_dtype
 from engine.worker.compile import CompileSettings
-from engine.worker.images import decode_latents, png_bytes
+from engine.worker.images import PngEncoder, decode_latents
 from engine.worker.unet_model import BatchUNet
 from engine.worker.unet_runner import UNetRunner
 
@@ -139,6 +139,7 @@ class Renderer:
         self.processor_count = install_hypernet_processors(self.unet)
         self.unet_runner = UNetRunner(self.unet, device=device, hypernet_dtype=hypernet_dtype,
                                       settings=compile_settings)
+        self.png_encoder = PngEncoder()
 
     @property
     def shape(self) -> ModelShape:
@@ -343,10 +344,11 @@ class Renderer:
 
     def _finish(self, requests: Sequence[GenerateRequest], rows: BatchRows, latents: torch.Tensor, kept: set[int],
                 notes: Mapping[int, list[str]], encoders: Mapping[int, PromptEncoder]) -> list[RenderOutput]:
-        outputs: list[RenderOutput] = []
         wanted = [i for i in range(len(rows)) if i in kept]  # rows of jobs not cancelled, decoded together in chunks
         pictures = decode_latents(self.vae, latents[wanted], chunk=self.vae_chunk) if wanted else []
         by_row = dict(zip(wanted, pictures, strict=True))
+        jobs: list[tuple[GenerateRequest, list[int]]] = []
+        items: list[tuple[Image.Image, str]] = []  # every image of the batch with its infotext, encoded together
         for req in requests:
             idx = [i for i in rows.of_job(req.job_id) if i in kept]
             if not idx:
@@ -356,17 +358,13 @@ class Renderer:
                                                          PromptRequest(s.negative_prompt, 1, s.clip_skip, positive=False)])
             known = {e.name: e.short_hash for e in s.embeddings}
             hashes = [(e.name, h) for e in used if (h := known.get(e.name) or e.short_hash)]
-            images = [by_row[i] for i in idx]
-            pngs = [self._png(image, settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
-                                                       embeddings=hashes, extra=self.vae_fields))
-                    for k, image in enumerate(images)]
-            outputs.append(RenderOutput(req.job_id, images, pngs, [rows.rows[i].seed.seed for i in idx],
-                                        list(notes[req.job_id])))
-        return outputs
-
-    def _png(self, image: Image.Image, infotext: str) -> bytes:
-        """One image as PNG with its A1111 infotext (a method so the benchmark can time the phase)."""
-        return png_bytes(image, infotext)
+            jobs.append((req, idx))
+            items += [(by_row[i], settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
+                                                    embeddings=hashes, extra=self.vae_fields))
+                      for k, i in enumerate(idx)]
+        pngs = iter(self.png_encoder.encode(items))
+        return [RenderOutput(req.job_id, [by_row[i] for i in idx], [next(pngs) for _ in idx],
+                             [rows.rows[i].seed.seed for i in idx], list(notes[req.job_id])) for req, idx in jobs]
 
 
 def _check_models(req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], loras: Mapping[str, LoraNetwork],
