@@ -7,8 +7,8 @@ overflow in half precision, and then the VAE is upcast to float32 for good and t
 does with its "upcast VAE" fallback.
 
 Why PNGs on threads: encoding is zlib work of ~40 ms per 512x512 image, so 8 images in a row cost about a third of
-a second of GPU idle time per batch; zlib releases the GIL, so a few threads encode a batch in about the time of
-its slowest image (``PngEncoder``; 8 images: 0.34 s in a row, 0.19 s on this 2-core box's threads).
+a second of GPU idle time per batch; Pillow's encoder releases the GIL, so a few threads share the batch
+(``PngEncoder``; figures in ``docs/performance.md``, ``bench/png_threads.py``).
 """
 
 from __future__ import annotations
