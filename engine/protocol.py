@@ -38,6 +38,7 @@ __all__ = [
     "Progress",
     "Queued",
     "RenderSettings",
+    "ResidentCheckpoint",
     "Result",
     "Shutdown",
     "Started",
@@ -110,6 +111,15 @@ class WorkerConfig:
     checkpoint_host_bytes: int = 0  # CPU memory for checkpoints parked off the device (0: drop them)
 
 
+@dataclass(frozen=True, slots=True)
+class ResidentCheckpoint:
+    """A checkpoint a worker holds loaded: on its device (ready to render) or parked in CPU memory."""
+
+    name: str
+    on_device: bool
+    nbytes: int
+
+
 # ---- bot -> worker ----------------------------------------------------------------------------
 
 
@@ -154,6 +164,8 @@ class Hello:
     dtype: str
     context_dim: int
     attention_widths: tuple[int, ...] = ()  # self-attention widths of the UNet (what hypernet sizes can match)
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # loaded checkpoints, most recently used last
+    checkpoint_loads: int = 0  # checkpoints loaded from disk since the worker started
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,8 @@ class Health:
     vram_used_bytes: int = 0
     hypernet_cache_bytes: int = 0
     hypernet_cache_names: tuple[str, ...] = ()
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()
+    checkpoint_loads: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +228,8 @@ class BatchDone:
     steps: int
     step_time_s: float
     duration_s: float
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # what the worker holds now (the client's affinity)
+    checkpoint_loads: int = 0
 
 
 # ---- client -> bot (events on a JobHandle; never sent over the pipe) -----------------------------
@@ -294,6 +310,8 @@ class WorkerInfo:
     vram_used_bytes: int = 0
     hypernet_cache_bytes: int = 0
     hypernet_cache_names: tuple[str, ...] = ()
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()
+    checkpoint_loads: int = 0
 
 
 @dataclass(frozen=True, slots=True)

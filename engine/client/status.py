@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.protocol import ResidentCheckpoint
+
 __all__ = ["EngineStatus", "WorkerStatus"]
 
 
@@ -24,6 +26,7 @@ class WorkerStatus:
     heartbeat_age_s: float | None
     pid: int | None = None
     host: str = ""
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # what it holds, on its device or parked in CPU memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +53,5 @@ class EngineStatus:
     uptime_s: float
     restarts: int
     workers: tuple[WorkerStatus, ...] = ()  # every worker known (one for the local transport)
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # checkpoints the worker holds (the local transport)
+    checkpoint_loads: int = 0  # checkpoints it loaded from disk since it started

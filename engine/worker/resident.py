@@ -97,6 +97,13 @@ class ResidentModels(Generic[M]):
     def on_host(self) -> tuple[str, ...]:
         return tuple(self._host)
 
+    def nbytes_of(self, name: str) -> int:
+        """Bytes of a held model (0 when it is not held)."""
+        model = self._device.get(name)
+        if model is None:
+            model = self._host.get(name)
+        return model.nbytes if model is not None else 0
+
     @property
     def device_used(self) -> int:
         return sum(m.nbytes for m in self._device.values())
