@@ -123,6 +123,26 @@ async def test_an_absent_training_checkpoint_falls_back_to_the_server_default_wi
             "This server now uses the bot's default model, `tiny`.")
 
 
+async def test_hypernets_info_says_whether_the_training_checkpoint_is_installed(hm: Harness) -> None:
+    for name, expected in [("inCase", "`tiny-b`, installed as model `tiny-b` (renders without a `model` use it)"),
+                           ("gothic", "`protogenV22_2.2`, not installed here (renders use the default model)")]:
+        rec = await hm.fake.slash(hm.fake.member_plain, "hypernets info", {"name": name})
+        (embed,) = (await hm.wait_ephemeral(rec)).embeds
+        assert {f["name"]: f["value"] for f in embed["fields"]}["Trained on"] == expected
+
+
+async def test_status_shows_the_resident_checkpoints_and_their_memory(hm: Harness) -> None:
+    await imagine(hm, {"prompt": "a lamp", "model": "tiny-b"})
+    await hm.fake.wait_for(lambda: hm.bot.engine.status().workers[0].state == "ready", what="the batch's end")
+    status = hm.bot.engine.status()
+    assert [c.name for c in status.checkpoints] == ["tiny-b"]  # no budget configured: one at a time
+    (embed,) = (await hm.wait_ephemeral(await hm.fake.slash(hm.fake.member_owner, "status"))).embeds
+    assert {f["name"]: f["value"] for f in embed["fields"]}["Checkpoints"] == (
+        f"default `tiny`\n`tiny-b` on device · {status.checkpoints[0].nbytes / 2**20:.0f} MiB\n"
+        f"loads since start: {status.checkpoint_loads}")
+    assert status.checkpoint_loads >= 3
+
+
 async def test_buttons_after_a_restart_keep_the_model_or_say_it_is_gone(hm: Harness) -> None:
     fake = hm.fake
     kept_msg, kept = await imagine(hm, {"prompt": "a boat", "model": "tiny-b", "seed": 9})
