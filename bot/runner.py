@@ -42,10 +42,14 @@ def point_discord_at(discord_settings: DiscordSettings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(discord_settings.gateway_url)
 
 
+def hash_cache_path(settings: Settings) -> Path:
+    """Where A1111's checkpoint hashes are remembered (next to the database; the bot and its workers share it)."""
+    return (Path(settings.storage.database).parent / "checkpoint-hashes.json").resolve()
+
+
 def build_catalog(settings: Settings) -> CheckpointCatalog:
     """The installed checkpoints (files hashed once: the hashes are kept next to the database)."""
-    cache = HashCache(Path(settings.storage.database).parent / "checkpoint-hashes.json")
-    catalog = CheckpointCatalog.build(settings, hash_cache=cache)
+    catalog = CheckpointCatalog.build(settings, hash_cache=HashCache(hash_cache_path(settings)))
     for entry in catalog.entries.values():
         if entry.refusal:
             log.warning("checkpoint %s is not offered: %s", entry.name, entry.refusal)
@@ -62,6 +66,7 @@ def worker_config(settings: Settings, catalog: CheckpointCatalog | None = None) 
         checkpoints=catalog.worker_specs() if catalog else (),
         checkpoint_device_bytes=eng.checkpoint_device_mb * 1024 * 1024,
         checkpoint_host_bytes=eng.checkpoint_host_mb * 1024 * 1024,
+        checkpoint_hash_cache=str(hash_cache_path(settings)),
         device=eng.device,
         dtype=eng.dtype,
         hypernet_dtype=eng.hypernet_dtype,

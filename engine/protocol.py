@@ -109,6 +109,7 @@ class WorkerConfig:
     checkpoints: tuple[CheckpointSpec, ...] = ()  # every checkpoint jobs may name (empty: ``checkpoint`` alone)
     checkpoint_device_bytes: int = 0  # device memory for resident checkpoints (0: keep one)
     checkpoint_host_bytes: int = 0  # CPU memory for checkpoints parked off the device (0: drop them)
+    checkpoint_hash_cache: str = ""  # A1111 file hashes remembered here (a JSON file; "" = hash on every load)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from engine.checkpoints import HashCache
 from engine.errors import EngineError
 from engine.lora import LoraNetwork, load_lora_safetensors, table_for_models
 from engine.protocol import CheckpointSpec, ResidentCheckpoint, WorkerConfig
@@ -57,8 +60,9 @@ def specs_of(config: WorkerConfig) -> tuple[CheckpointSpec, ...]:
 
 
 def load_renderer(spec: CheckpointSpec, config: WorkerConfig) -> Renderer:
+    cache = HashCache(Path(config.checkpoint_hash_cache)) if config.checkpoint_hash_cache else None
     return Renderer.load(spec.source, config.device, config.dtype, config.hypernet_dtype, vae=spec.vae,
-                         prediction=spec.prediction)
+                         prediction=spec.prediction, hash_cache=cache)
 
 
 class CheckpointPool:
@@ -95,8 +99,21 @@ class CheckpointPool:
                                     "choose another model (see /models list).")
 
     def get(self, name: str) -> LoadedModel:
-        """The model for a resolved name, loaded or moved to the device (least recently used ones make room)."""
-        return self._models.get(name)
+        """The model for a resolved name, loaded or moved to the device (least recently used ones make room).
+
+        When the device runs out of memory for it, every other model leaves the device and it is tried once more;
+        a model that does not fit alone fails the batch's jobs (``CheckpointUnavailable``)."""
+        try:
+            return self._models.get(name)
+        except torch.cuda.OutOfMemoryError:
+            self._models.evict_all()
+            _empty_cache()
+        try:
+            return self._models.get(name)
+        except torch.cuda.OutOfMemoryError as exc:
+            _empty_cache()
+            raise CheckpointUnavailable(f"The checkpoint `{name}` does not fit in the GPU's memory on this engine "
+                                        "worker; choose another model.") from exc
 
     def _build(self, name: str) -> LoadedModel:
         spec = self._specs[name]
@@ -126,3 +143,8 @@ class CheckpointPool:
     @property
     def loads(self) -> int:
         return self._models.loads
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
