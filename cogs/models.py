@@ -104,7 +104,7 @@ async def installed_autocomplete(interaction: Interaction, current: str) -> list
     """Every installed model (an admin may allow one that is not offered now)."""
     catalog = interaction.client.jobs.catalog
     folded = current.strip().casefold()
-    names = [e.name for e in (catalog.usable() if catalog else []) if folded in e.name.casefold()]
+    names = sorted(e.name for e in (catalog.usable() if catalog else []) if folded in e.name.casefold())
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:MAX_CHOICES]]
 
 

@@ -277,7 +277,8 @@ class EngineClient(JobBook):
         if self._batch_id is not None or self._link is None or self._state != "ready" or not self._accepting:
             return
         jobs = self._queue.next_batch(self.config.max_batch,
-                                      prefer=preferred_checkpoints(self._resident, self.config.checkpoint))
+                                      prefer=preferred_checkpoints(self._resident, self.config.checkpoint,
+                                                                   several=bool(self.config.checkpoints)))
         if not jobs:
             return
         batch_id = self._batch_id = next(self._batch_ids)

@@ -36,8 +36,13 @@ __all__ = ["FairQueue", "QueuedJob", "preferred_checkpoints"]
 AFFINITY_WAIT_S = 20.0
 
 
-def preferred_checkpoints(resident: Iterable[ResidentCheckpoint], default: str) -> frozenset[str]:
-    """The checkpoint settings a worker can render without loading: those on its device ("" when the default is)."""
+def preferred_checkpoints(resident: Iterable[ResidentCheckpoint], default: str, *, several: bool = True
+                          ) -> frozenset[str]:
+    """The checkpoint settings a worker can render without loading: those on its device ("" when the default is).
+
+    ``several=False`` (a worker with one checkpoint, which every name means): no preference."""
+    if not several:
+        return frozenset()
     names = {c.name for c in resident if c.on_device}
     return frozenset(names | {""}) if default in names else frozenset(names)
 

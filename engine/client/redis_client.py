@@ -232,7 +232,8 @@ class RedisEngineClient(JobBook):
         info = decode_as(raw, WorkerInfo)
         if info is None or worker_state(info, time.time(), self._hb_timeout) not in ("ready", "busy"):
             return  # a stale name (the worker is gone or stopped): dropped; "busy" may be a registry lagging behind
-        jobs = self._queue.next_batch(info.max_batch, prefer=preferred_checkpoints(info.checkpoints, info.checkpoint))
+        prefer = preferred_checkpoints(info.checkpoints, info.checkpoint, several=bool(self.config.checkpoints))
+        jobs = self._queue.next_batch(info.max_batch, prefer=prefer)
         if not jobs:
             await self._r.lpush(self._layout.idle, name)
             return

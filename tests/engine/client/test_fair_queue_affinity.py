@@ -79,3 +79,4 @@ def test_preferred_checkpoints_are_those_on_the_device_and_the_default_as_empty(
     resident = (ResidentCheckpoint("tiny", True, 10), ResidentCheckpoint("tiny-b", False, 10))
     assert preferred_checkpoints(resident, "tiny") == {"tiny", ""}
     assert preferred_checkpoints(resident, "tiny-b") == {"tiny"}
+    assert preferred_checkpoints(resident, "tiny", several=False) == frozenset()
