@@ -76,6 +76,7 @@ async def test_a_named_model_renders_with_its_defaults_and_infotext(hm: Harness)
     assert job.settings.checkpoint == "tiny-b" and job.settings.steps == 3 and job.settings.sampler == "Euler"
     params = png_parameters(await hm.fake.download(msg.attachments[0]))
     assert "Model: tiny-b" in params and "Steps: 3" in params and warnings_of(msg) == ""
+    assert {f["name"]: f["value"] for f in msg.embeds[0]["fields"]}["Model"] == "Tiny B"  # its display name
     _, job = await imagine(hm, {"prompt": "a lighthouse", "model": "tiny-b", "steps": 2, "sampler": "Euler a"})
     assert (job.settings.steps, job.settings.sampler) == (2, "Euler a")  # what the user typed wins
 
