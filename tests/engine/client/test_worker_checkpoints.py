@@ -8,6 +8,7 @@ used one (no CPU tier: it is dropped and loaded again when needed).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import itertools
 from pathlib import Path
@@ -19,7 +20,9 @@ from PIL import Image
 
 from engine.client import EngineClient, LocalWorkers
 from engine.protocol import CheckpointSpec, Failure, FailureKind, GenerateRequest, Result, Started, WorkerConfig
+from engine.render_settings import LoraRef
 from tests.engine.checkpoints.files import write_sd1
+from tests.loras import write_tiny_lora
 from tests.requests import request
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
@@ -27,9 +30,10 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)
 _ids = itertools.count(5000)
 
 
-def req(checkpoint: str, *, user: int = 1, seed: int = 11) -> GenerateRequest:
-    return request(next(_ids), user, "a lighthouse at dusk", seed=seed, steps=3, width=64, height=64,
-                   sampler="Euler a", checkpoint=checkpoint)
+def req(checkpoint: str, *, user: int = 1, seed: int = 11, lora: LoraRef | None = None) -> GenerateRequest:
+    prompt = "a lighthouse at dusk" + (f" <lora:{lora.name}:1>" if lora else "")
+    return request(next(_ids), user, prompt, seed=seed, steps=3, width=64, height=64, sampler="Euler a",
+                   checkpoint=checkpoint, loras=(lora,) if lora else ())
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -54,12 +58,26 @@ def single_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def lora(store: Path) -> LoraRef:
+    """A LoRA for the tiny models' layout in the store, named by its sha256 as the real store names files."""
+    staged = write_tiny_lora(store / "staged.safetensors", seed=5, strength=1.0)
+    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+    staged.rename(store / f"{digest}.safetensors")
+    return LoraRef("glow", digest)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(single_file, tmp_path_factory):
+async def client(single_file, store):
     sources = {"tiny": "tiny", "tiny-b": "tiny-b", "single": str(single_file)}
     sizes = sorted((model_bytes(s) for s in sources.values()), reverse=True)
     config = WorkerConfig(checkpoint="tiny", device="cpu", dtype="float32", max_batch=4,
-                          model_store_dir=str(tmp_path_factory.mktemp("store")), progress_interval_s=0.0,
+                          model_store_dir=str(store), progress_interval_s=0.0,
                           checkpoints=tuple(CheckpointSpec(n, s) for n, s in sources.items()),
                           checkpoint_device_bytes=sizes[0] + sizes[1])
     c = EngineClient(config, transport=LocalWorkers(extra_env={"OMP_NUM_THREADS": "1"}), max_queue=20,
@@ -85,8 +103,8 @@ async def settled(client: EngineClient):
     raise AssertionError(f"worker still busy: {client.status()}")
 
 
-async def render_alone(client: EngineClient, checkpoint: str) -> np.ndarray:
-    result = await client.submit(req(checkpoint)).result()
+async def render_alone(client: EngineClient, checkpoint: str, lora: LoraRef | None = None) -> np.ndarray:
+    result = await client.submit(req(checkpoint, lora=lora)).result()
     await settled(client)
     return pixels(result.images[0])
 
@@ -130,3 +148,14 @@ async def test_empty_checkpoint_means_the_default_and_an_unknown_one_fails_alone
     assert failure.message == ("The checkpoint `nowhere-v2` is not installed on this engine worker; choose another "
                                "model (see /models list).")
     assert isinstance(await fine.result(), Result)
+
+
+async def test_a_lora_on_two_checkpoints_renders_as_it_does_alone(client, lora):
+    """Each resident checkpoint has its own LoRA cache; a LoRA works on each, in a burst as alone."""
+    with_lora = {name: await render_alone(client, name, lora) for name in ("tiny", "tiny-b")}
+    plain = await render_alone(client, "tiny-b")
+    assert np.abs(with_lora["tiny-b"] - plain).max() > 3, "the LoRA must change tiny-b's image"
+    burst = [req("tiny", user=30, lora=lora), req("tiny-b", user=31, lora=lora)]
+    results = await asyncio.gather(*(client.submit(r).result() for r in burst))
+    for r, result in zip(burst, results, strict=True):
+        assert np.abs(pixels(result.images[0]) - with_lora[r.settings.checkpoint]).max() <= 1
