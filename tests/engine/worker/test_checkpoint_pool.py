@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from engine.checkpoints import CheckpointRefused
 from engine.protocol import CheckpointSpec, WorkerConfig
 from engine.worker.checkpoint_pool import CheckpointPool, CheckpointUnavailable
 
@@ -75,3 +76,23 @@ def test_out_of_memory_empties_the_device_and_retries_then_fails_only_that_model
     p2.get("anime")
     p2.get("third")  # 30 > 25: the device is emptied, then it loads
     assert [(r.name, r.on_device) for r in p2.resident()] == [("third", True)] and loaded2 == ["base", "anime", "third"]
+
+
+def test_a_load_refusal_or_a_missing_file_names_the_checkpoint_and_the_reason():
+    def load(spec: CheckpointSpec, config: WorkerConfig):
+        if spec.name == "anime":
+            raise FileNotFoundError(2, "No such file", spec.source)
+        raise CheckpointRefused("`huge.safetensors` is an SDXL base checkpoint; Hypercord runs SD 1.x and SD 2.x "
+                                "checkpoints only.")
+
+    p = CheckpointPool(WorkerConfig(checkpoint="base", checkpoints=SPECS), load=load)  # type: ignore[arg-type]
+    messages = []
+    for name in ("anime", "huge"):
+        with pytest.raises(CheckpointUnavailable) as info:
+            p.get(name)
+        messages.append(info.value.message)
+    assert messages == [
+        "The checkpoint `anime` could not be loaded: its file is missing (anime.safetensors).",
+        "The checkpoint `huge` could not be loaded: `huge.safetensors` is an SDXL base checkpoint; Hypercord runs "
+        "SD 1.x and SD 2.x checkpoints only."]
+    assert p.resident() == () and p.loads == 0
