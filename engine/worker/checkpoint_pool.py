@@ -15,6 +15,7 @@ before; jobs stored then carry its source as their checkpoint.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from engine.worker.hypernet_cache import HypernetCache
 from engine.worker.renderer import Renderer
 from engine.worker.resident import ResidentModels
 
-__all__ = ["CheckpointPool", "CheckpointUnavailable", "LoadedModel", "specs_of"]
+__all__ = ["CheckpointPool", "CheckpointUnavailable", "LoadedModel", "hash_cache", "specs_of"]
 
 
 class CheckpointUnavailable(EngineError):
@@ -59,8 +60,16 @@ def specs_of(config: WorkerConfig) -> tuple[CheckpointSpec, ...]:
     return config.checkpoints or (CheckpointSpec(name=config.checkpoint, source=config.checkpoint),)
 
 
+def hash_cache(config: WorkerConfig) -> HashCache | None:
+    """The bot's hash cache when this worker can write beside it (a standalone worker elsewhere may not: it hashes)."""
+    path = Path(config.checkpoint_hash_cache) if config.checkpoint_hash_cache else None
+    if path is None or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        return None
+    return HashCache(path)
+
+
 def load_renderer(spec: CheckpointSpec, config: WorkerConfig) -> Renderer:
-    cache = HashCache(Path(config.checkpoint_hash_cache)) if config.checkpoint_hash_cache else None
+    cache = hash_cache(config)
     return Renderer.load(spec.source, config.device, config.dtype, config.hypernet_dtype, vae=spec.vae,
                          prediction=spec.prediction, hash_cache=cache)
 

@@ -9,7 +9,7 @@ import torch
 
 from engine.checkpoints import CheckpointRefused
 from engine.protocol import CheckpointSpec, WorkerConfig
-from engine.worker.checkpoint_pool import CheckpointPool, CheckpointUnavailable
+from engine.worker.checkpoint_pool import CheckpointPool, CheckpointUnavailable, hash_cache
 
 
 @dataclass
@@ -96,3 +96,10 @@ def test_a_load_refusal_or_a_missing_file_names_the_checkpoint_and_the_reason():
         "The checkpoint `huge` could not be loaded: `huge.safetensors` is an SDXL base checkpoint; Hypercord runs "
         "SD 1.x and SD 2.x checkpoints only."]
     assert p.resident() == () and p.loads == 0
+
+
+def test_the_hash_cache_is_used_only_where_the_worker_can_write_it(tmp_path):
+    assert hash_cache(WorkerConfig()) is None
+    assert hash_cache(WorkerConfig(checkpoint_hash_cache=str(tmp_path / "absent" / "hashes.json"))) is None
+    found = hash_cache(WorkerConfig(checkpoint_hash_cache=str(tmp_path / "hashes.json")))
+    assert found is not None and found.path == tmp_path / "hashes.json"
