@@ -20,7 +20,7 @@ from discord.ext import commands
 from bot.checkpoints import CatalogEntry, CheckpointCatalog
 from bot.checks import require_guild_manager
 from bot.errors import UserFacingError
-from bot.jobs.checkpoint_choice import available, server_default
+from bot.jobs.checkpoint_choice import available, find_installed, server_default
 from bot.store import GuildCheckpoints, Hypernet
 from cogs.embeds import quote
 
@@ -122,8 +122,8 @@ class CheckpointsCog(commands.GroupCog, group_name="models", group_description="
         return catalog
 
     def _installed(self, name: str) -> CatalogEntry:
-        entry = self._catalog().get(name.strip())
-        if entry is None or not entry.usable:
+        entry = find_installed(self._catalog(), name)
+        if entry is None:
             raise UserFacingError(NOT_INSTALLED.format(name=quote(name.strip(), 80)))
         return entry
 

@@ -18,7 +18,8 @@ from bot.checkpoints import CatalogEntry, CheckpointCatalog
 from bot.store import GuildCheckpoints, Hypernet
 from engine.render_settings import RenderSettings
 
-__all__ = ["CheckpointChoice", "CheckpointProblem", "available", "choose", "entry_of", "server_default"]
+__all__ = ["CheckpointChoice", "CheckpointProblem", "available", "choose", "entry_of", "find_installed",
+           "server_default"]
 
 UNKNOWN = "There is no model named `{name}` here. `/models list` shows the models you can use on this server."
 NOT_OFFERED = "The model `{name}` is not offered on this server. `/models list` shows the models you can use here."
@@ -65,13 +66,24 @@ def entry_of(catalog: CheckpointCatalog, setting: str) -> CatalogEntry | None:
     return found if found is not None and found.usable else None
 
 
+def find_installed(catalog: CheckpointCatalog, typed: str) -> CatalogEntry | None:
+    """The usable checkpoint named ``typed``, else the one whose name or display name it is, ignoring case."""
+    typed = typed.strip()
+    exact = catalog.get(typed)
+    if exact is not None:
+        return exact if exact.usable else None
+    folded = typed.casefold()
+    found = [e for e in catalog.usable() if folded in (e.name.casefold(), e.display_name.casefold())]
+    return found[0] if len(found) == 1 else None
+
+
 def choose(catalog: CheckpointCatalog, guild: GuildCheckpoints, *, named: str | None, settings: RenderSettings,
            hypernets: Mapping[str, Hypernet]) -> CheckpointChoice:
     """The checkpoint for a request (``settings`` as built without one; ``hypernets`` the server's, by name)."""
     if named:
-        entry = catalog.get(named.strip())
-        if entry is None or not entry.usable:
-            raise CheckpointProblem(UNKNOWN.format(name=named.strip()[:80]))
+        entry = find_installed(catalog, named)
+        if entry is None:
+            raise CheckpointProblem(UNKNOWN.format(name=named.strip()[:80].replace("`", "ˋ")))
         if entry.name in guild.disallowed:
             raise CheckpointProblem(NOT_OFFERED.format(name=entry.name))
         return CheckpointChoice(entry)

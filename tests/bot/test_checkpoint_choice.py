@@ -20,7 +20,7 @@ SHA = "ab" * 32
 CATALOG = CheckpointCatalog([
     CatalogEntry("sd15", "/models/v1-5-pruned-emaonly.safetensors", family="sd1",
                  hashes=FileHashes("6ce0161689" + "0" * 54, "e1441589"), sd_checkpoint_name="v1-5-pruned-emaonly"),
-    CatalogEntry("anything-v3", "/models/anything/anything-v3-fp16.safetensors", family="sd1",
+    CatalogEntry("anything-v3", "/models/anything/anything-v3-fp16.safetensors", display_name="Anything v3", family="sd1",
                  hashes=FileHashes("812cd9f9d9" + "1" * 54, "38c1ebe3"), sd_checkpoint_name="anything_anything-v3-fp16",
                  defaults=CheckpointDefaults(sampler="DPM++ 2M Karras", steps=28, width=512, height=768, clip_skip=2)),
     CatalogEntry("broken", "/models/broken.ckpt", refusal="`broken.ckpt` is a pickled PyTorch checkpoint"),
@@ -38,9 +38,12 @@ def with_hypernet(name: str):
     return settings("a castle", hypernets=(HypernetRef(name, SHA, 1.0),))
 
 
-def test_a_named_model_is_used_as_it_is():
+def test_a_named_model_is_used_as_it_is_also_by_its_display_name_in_any_case():
     got = choose(CATALOG, GuildCheckpoints(), named="anything-v3", settings=settings("x"), hypernets={})
     assert got.entry.name == "anything-v3" and got.note == ""
+    for typed in ("Anything V3", "ANYTHING-V3"):
+        assert choose(CATALOG, GuildCheckpoints(), named=typed, settings=settings("x"), hypernets={}).entry.name == (
+            "anything-v3")
 
 
 def test_unknown_refused_and_disallowed_names_are_refused_with_where_to_look():
