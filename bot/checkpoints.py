@@ -121,7 +121,7 @@ class CheckpointCatalog:
         root = Path(cfg.folder)
         found: list[CatalogEntry] = []
         for name, entry in cfg.models.items():
-            found.append(_entry(name, entry.source, entry, inspect, root, hash_cache))
+            found.append(_with_vae(_entry(name, entry.source, entry, inspect, root, hash_cache), Path(cfg.vae_folder)))
         if root.is_dir():
             for path in _folder_models(root):
                 found.append(_entry(path.stem if path.is_file() else path.name, str(path), None, inspect, root, hash_cache))
@@ -164,6 +164,19 @@ def _folder_models(root: Path) -> list[Path]:
         if folder or (path.is_file() and path.suffix.lower() in (".safetensors", ".ckpt")):
             out.append(path)
     return out
+
+
+def _with_vae(found: CatalogEntry, folder: Path) -> CatalogEntry:
+    """A config entry's VAE: a path as given, else a file name in ``checkpoints.vae_folder``; a missing one refuses the
+    checkpoint (rendering it without the VAE the owner chose would silently change its images)."""
+    if not found.vae or found.refusal:
+        return found
+    given = Path(found.vae).expanduser()
+    path = given if given.is_absolute() or given.exists() else folder / given
+    if not path.is_file():
+        return replace(found, refusal=f"its VAE `{found.vae[:120]}` does not exist (looked in `{folder}`); put the file "
+                                      f"there or fix `checkpoints.models.{found.name}.vae`")
+    return replace(found, vae=str(path))
 
 
 def _entry(name: str, source: str, entry: CheckpointEntry | None, inspect: Inspect, root: Path,

@@ -163,6 +163,9 @@ class EngineSettings:
     redis_prefix: str = _opt("hypercord")
     bot_id: str = _opt("main")
     lease_s: float = _opt(30.0, min=1, max=3600)
+    checkpoint_device_mb: int = _opt(0, min=0, max=10_000_000)  # resident checkpoints on the device (0: keep one)
+    checkpoint_host_mb: int = _opt(0, min=0, max=10_000_000)  # checkpoints parked in CPU memory (0: drop them)
+    affinity_wait_s: float = _opt(20.0, min=0, max=3600)  # the longest a job waits for jobs on a resident checkpoint
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,15 @@ Every refusal is an :class:`OptionError` whose text says what is wrong and how t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.advanced_options import AdvancedOptions, OptionProblem, advanced_fields
+from bot.checkpoints import CheckpointDefaults
 from bot.config import LimitSettings
 from bot.store import Hypernet
 from engine.lora_tags import parse_lora_tags
@@ -43,6 +45,7 @@ __all__ = [
     "random_seed",
     "size_choices",
     "step_multiplier",
+    "with_checkpoint_defaults",
 ]
 
 #: Samplers listed first in /imagine's suggestions (A1111 names; every name engine.samplers knows is accepted).
@@ -242,3 +245,19 @@ def _sentence(text: str) -> str:
     text = text.strip()
     text = text[0].upper() + text[1:] if text and text[0].islower() else text
     return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def with_checkpoint_defaults(options: Mapping[str, Any], defaults: CheckpointDefaults) -> dict[str, Any]:
+    """``options`` with the checkpoint's own defaults (sampler, steps, CFG, size, clip skip) where the user gave
+    none; what the user typed always wins, and a size preset or width/height keeps the checkpoint's size out."""
+    filled = dict(options)
+    for key in ("sampler", "steps", "cfg_scale"):
+        if filled.get(key) is None and getattr(defaults, key) is not None:
+            filled[key] = getattr(defaults, key)
+    if not any(filled.get(k) for k in ("size", "width", "height")):
+        filled["width"] = defaults.width or filled.get("width")
+        filled["height"] = defaults.height or filled.get("height")
+    advanced = filled.get("advanced") or AdvancedOptions()
+    if advanced.clip_skip is None and defaults.clip_skip is not None:
+        filled["advanced"] = dataclasses.replace(advanced, clip_skip=defaults.clip_skip)
+    return filled

@@ -19,17 +19,19 @@ import yarl
 
 import cogs
 from bot.app import HypercordBot
+from bot.checkpoints import CheckpointCatalog
 from bot.config import DiscordSettings, Settings
 from bot.jobs import EngineAPI, ImageStore, JobService
 from bot.models import ModelService
 from bot.ratelimit import RateLimiter
 from bot.store import Store
 from cogs.job_messages import DiscordPresenters
+from engine.checkpoints import HashCache
 from engine.client import EngineClient, RedisEngineClient, WorkerTransport
 from engine.fit import ModelShape
 from engine.protocol import WorkerConfig
 
-__all__ = ["build_bot", "build_engine", "point_discord_at", "run_bot", "worker_config"]
+__all__ = ["build_bot", "build_catalog", "build_engine", "point_discord_at", "run_bot", "worker_config"]
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,31 @@ def point_discord_at(discord_settings: DiscordSettings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(discord_settings.gateway_url)
 
 
-def worker_config(settings: Settings) -> WorkerConfig:
-    """What the engine process needs; deliberately no token and nothing Discord-related."""
+def hash_cache_path(settings: Settings) -> Path:
+    """Where A1111's checkpoint hashes are remembered (next to the database; the bot and its workers share it)."""
+    return (Path(settings.storage.database).parent / "checkpoint-hashes.json").resolve()
+
+
+def build_catalog(settings: Settings) -> CheckpointCatalog:
+    """The installed checkpoints (files hashed once: the hashes are kept next to the database)."""
+    catalog = CheckpointCatalog.build(settings, hash_cache=HashCache(hash_cache_path(settings)))
+    for entry in catalog.entries.values():
+        if entry.refusal:
+            log.warning("checkpoint %s is not offered: %s", entry.name, entry.refusal)
+    return catalog
+
+
+def worker_config(settings: Settings, catalog: CheckpointCatalog | None = None) -> WorkerConfig:
+    """What the engine process needs; deliberately no token and nothing Discord-related.
+
+    With a catalog the workers get every usable checkpoint by name (the default named ``checkpoint``)."""
     eng = settings.engine
     return WorkerConfig(
-        checkpoint=settings.models.checkpoint,
+        checkpoint=catalog.default if catalog else settings.models.checkpoint,
+        checkpoints=catalog.worker_specs() if catalog else (),
+        checkpoint_device_bytes=eng.checkpoint_device_mb * 1024 * 1024,
+        checkpoint_host_bytes=eng.checkpoint_host_mb * 1024 * 1024,
+        checkpoint_hash_cache=str(hash_cache_path(settings)),
         device=eng.device,
         dtype=eng.dtype,
         hypernet_dtype=eng.hypernet_dtype,
@@ -58,18 +80,21 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-def build_engine(settings: Settings, *, transport: WorkerTransport | None = None) -> EngineClient | RedisEngineClient:
+def build_engine(settings: Settings, *, transport: WorkerTransport | None = None,
+                 catalog: CheckpointCatalog | None = None) -> EngineClient | RedisEngineClient:
     """The engine client: a child worker process (``transport`` overrides it: tests add fault injection there), or
     the fleet of standalone workers over Redis when ``engine.transport = "redis"``."""
     eng, lim = settings.engine, settings.limits
+    config = worker_config(settings, catalog or build_catalog(settings))
     if eng.transport == "redis" and transport is None:
         return RedisEngineClient(
-            worker_config(settings), eng.redis_url, bot_id=eng.bot_id, prefix=eng.redis_prefix,
+            config, eng.redis_url, bot_id=eng.bot_id, prefix=eng.redis_prefix,
             max_queue=lim.queue_max, max_per_user=lim.queue_per_user, lease_s=eng.lease_s,
             heartbeat_interval_s=eng.heartbeat_interval_s, heartbeat_timeout_s=eng.heartbeat_timeout_s,
-            start_timeout_s=min(eng.start_timeout_s, 120.0), job_timeout_s=eng.job_timeout_s)
+            start_timeout_s=min(eng.start_timeout_s, 120.0), job_timeout_s=eng.job_timeout_s,
+            affinity_wait_s=eng.affinity_wait_s)
     return EngineClient(
-        worker_config(settings),
+        config,
         transport=transport,
         max_queue=lim.queue_max,
         max_per_user=lim.queue_per_user,
@@ -77,6 +102,7 @@ def build_engine(settings: Settings, *, transport: WorkerTransport | None = None
         heartbeat_timeout_s=eng.heartbeat_timeout_s,
         start_timeout_s=eng.start_timeout_s,
         job_timeout_s=eng.job_timeout_s,
+        affinity_wait_s=eng.affinity_wait_s,
     )
 
 
@@ -88,11 +114,13 @@ def _model_shape(engine: EngineAPI) -> ModelShape | None:
     return ModelShape(status.context_dim, frozenset(status.attention_widths))
 
 
-def build_bot(settings: Settings, store: Store, engine: EngineAPI, *, sync_global: bool = False) -> HypercordBot:
-    """The bot with its services: jobs (images folder, rate limits) and models (intake, folder sync)."""
+def build_bot(settings: Settings, store: Store, engine: EngineAPI, *, sync_global: bool = False,
+              catalog: CheckpointCatalog | None = None) -> HypercordBot:
+    """The bot with its services: jobs (images folder, rate limits, checkpoints) and models (intake, folder sync)."""
     lim = settings.limits
     jobs = JobService(store, engine, ImageStore(settings.storage.images_dir),
-                      RateLimiter(rate_per_minute=lim.rate_per_minute, burst=lim.rate_burst))
+                      RateLimiter(rate_per_minute=lim.rate_per_minute, burst=lim.rate_burst),
+                      catalog=catalog or build_catalog(settings))
     models = ModelService(store, settings, model_shape=lambda: _model_shape(engine))
     presenters = DiscordPresenters(edit_interval_s=settings.discord.edit_interval_s)
     return HypercordBot(settings, store, engine, jobs, models, presenters=presenters, extensions=cogs.EXTENSIONS,
@@ -105,8 +133,9 @@ async def run_bot(settings: Settings, *, sync_global: bool = False) -> int:
         raise ValueError("run_bot needs settings with a token")
     point_discord_at(settings.discord)
     store = await Store.open(settings.storage.database, busy_timeout_ms=settings.storage.busy_timeout_ms)
-    engine = build_engine(settings)
-    bot = build_bot(settings, store, engine, sync_global=sync_global)
+    catalog = build_catalog(settings)
+    engine = build_engine(settings, catalog=catalog)
+    bot = build_bot(settings, store, engine, sync_global=sync_global, catalog=catalog)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):

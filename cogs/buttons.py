@@ -31,7 +31,7 @@ from bot.errors import UserFacingError, answer_error, defer_public, send_ephemer
 from bot.jobs import derived_job
 from bot.options import OptionError, check_multiplier, random_seed, step_multiplier
 from bot.store import Job
-from cogs.embeds import clip, infotext_for
+from cogs.embeds import checkpoint_label, clip, infotext_for
 from cogs.ui import ComponentInteraction as Interaction
 from cogs.ui import hypercord
 from engine.prompt import format_multiplier
@@ -132,7 +132,8 @@ class InfoButton(_JobButton, action="info", label="Info", emoji="ℹ️", style=
 
     async def on_job(self, interaction: Interaction, job: Job) -> None:
         bot = hypercord(interaction)
-        text = await asyncio.to_thread(_stored_infotext, bot, job) or infotext_for(job, bot.settings.models.model_name)
+        text = (await asyncio.to_thread(_stored_infotext, bot, job)
+                or infotext_for(job, checkpoint_label(bot, job.settings.checkpoint)))
         text = clip(text.replace("```", "ˋˋˋ"), 1900)
         await send_ephemeral(interaction, f"Parameters of job #{job.id} (paste into A1111's PNG Info):\n```\n{text}\n```")
 

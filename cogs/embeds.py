@@ -7,15 +7,21 @@ user-supplied string passes through :func:`clip` here and nowhere else.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import discord
 
+from bot.jobs.checkpoint_choice import entry_of
 from bot.store import Job
 from engine.prompt import format_multiplier
 from engine.render_settings import RenderSettings
 from engine.settings_infotext import settings_infotext
 
-__all__ = ["EMBED_TOTAL", "clip", "embed_chars", "infotext_for", "model_label", "quote", "result_embed", "seed_label",
-           "status_label"]
+if TYPE_CHECKING:
+    from bot.app import HypercordBot
+
+__all__ = ["EMBED_TOTAL", "checkpoint_label", "clip", "embed_chars", "infotext_for", "model_label", "quote",
+           "result_embed", "seed_label", "status_label"]
 
 EMBED_TOTAL = 6000
 _DESCRIPTION = 4096
@@ -59,6 +65,19 @@ def seed_label(s: RenderSettings) -> str:
     if s.clip_skip > 1:
         extras.append(f"clip skip {s.clip_skip}")
     return clip(" · ".join([seeds, *extras]), 200)
+
+
+def checkpoint_label(bot: HypercordBot, checkpoint: str) -> str:
+    """How a job's checkpoint is shown: its display name, ``models.model_name`` for ``models.checkpoint`` (the one
+    checkpoint of earlier versions), else its name ("" for a checkpoint no longer installed: the caller shows the
+    job's setting)."""
+    legacy = bot.settings.models
+    entry = entry_of(bot.jobs.catalog, checkpoint) if bot.jobs.catalog is not None else None
+    if entry is None:
+        return legacy.model_name if checkpoint == legacy.checkpoint else ""
+    if entry.display_name:
+        return entry.display_name
+    return legacy.model_name if entry.source == legacy.checkpoint and legacy.model_name else entry.name
 
 
 def model_label(job: Job, model_name: str) -> str:

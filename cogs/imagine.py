@@ -22,11 +22,21 @@ from discord.ext import commands
 
 from bot.advanced_options import AdvancedOptions
 from bot.errors import UserFacingError, answer_error, defer_public
-from bot.options import MAX_SEED, SAMPLER_NAMES, OptionError, build_settings, embedding_hints, size_choices
-from bot.paste import PasteError, paste_notes, pasted_options
+from bot.jobs.checkpoint_choice import CheckpointProblem, available, choose
+from bot.options import (
+    MAX_SEED,
+    SAMPLER_NAMES,
+    OptionError,
+    build_settings,
+    embedding_hints,
+    size_choices,
+    with_checkpoint_defaults,
+)
+from bot.paste import PastedOptions, PasteError, paste_notes, pasted_options
 from bot.store import NewJob, prompt_names
 from cogs.autocomplete import hypernet_autocomplete
 from cogs.buttons import DYNAMIC_ITEMS
+from cogs.models import checkpoint_autocomplete
 from engine.render_settings import MAX_CLIP_SKIP, RenderSettings
 from engine.samplers import SAMPLER_NAMES as ALL_SAMPLERS
 from engine.samplers import SCHEDULE_TYPES
@@ -53,6 +63,7 @@ DESCRIPTIONS = {
     "count": "How many images (seeds seed, seed+1, ...)",
     "hypernet": "A hypernetwork to apply (instead of typing a tag)",
     "multiplier": "Strength of that hypernetwork (default: its default multiplier)",
+    "model": "The model (checkpoint); default: the one the hypernetwork was trained on, else this server's",
 }
 
 
@@ -68,12 +79,13 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
                       hypernet: Optional[str] = None, multiplier: Optional[float] = None,  # noqa: UP045
                       schedule: Optional[str] = None, clip_skip: Optional[int] = None,  # noqa: UP045
                       variation_seed: Optional[int] = None,  # noqa: UP045
-                      variation_strength: Optional[float] = None) -> None:  # noqa: UP045
+                      variation_strength: Optional[float] = None,  # noqa: UP045
+                      model: Optional[str] = None) -> None:  # noqa: UP045
         advanced = AdvancedOptions(schedule=schedule, clip_skip=clip_skip, variation_seed=variation_seed,
                                    variation_strength=variation_strength)
-        await cog.run_imagine(interaction, prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                              cfg_scale=cfg_scale, sampler=sampler, size=size, width=width, height=height, count=count,
-                              hypernet=hypernet, multiplier=multiplier, advanced=advanced)
+        await cog.run_imagine(interaction, prompt=prompt, model=model, negative_prompt=negative_prompt, seed=seed,
+                              steps=steps, cfg_scale=cfg_scale, sampler=sampler, size=size, width=width, height=height,
+                              count=count, hypernet=hypernet, multiplier=multiplier, advanced=advanced)
 
     # Real objects instead of strings: discord.py reads these to declare option types and ranges to Discord.
     imagine.__annotations__ = {
@@ -92,6 +104,7 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
         "clip_skip": Optional[app_commands.Range[int, 1, MAX_CLIP_SKIP]],  # noqa: UP045
         "variation_seed": Optional[app_commands.Range[int, -1, MAX_SEED]],  # noqa: UP045
         "variation_strength": Optional[app_commands.Range[float, 0.0, 1.0]],  # noqa: UP045
+        "model": Optional[str],  # noqa: UP045
         "return": None,
     }
     samplers = list(dict.fromkeys([lim.default_sampler, *SAMPLER_NAMES, *ALL_SAMPLERS]))
@@ -105,7 +118,8 @@ def build_imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Non
     func: Any = app_commands.describe(**DESCRIPTIONS)(imagine)
     func = app_commands.choices(size=[app_commands.Choice(name=s, value=s) for s in size_choices(lim)],
                                 schedule=[app_commands.Choice(name=s, value=s) for s in SCHEDULE_TYPES])(func)
-    func = app_commands.autocomplete(hypernet=hypernet_autocomplete, sampler=sampler_autocomplete)(func)
+    func = app_commands.autocomplete(hypernet=hypernet_autocomplete, sampler=sampler_autocomplete,
+                                     model=checkpoint_autocomplete)(func)
     func = app_commands.guild_only()(func)
     return app_commands.Command(name="imagine", description="Render an image with Stable Diffusion (+ hypernetworks)",
                                 callback=func)
@@ -145,29 +159,61 @@ class ImagineCog(commands.Cog, name="Imagine"):
                 "loras": prompt_names((await store.loras.usable(guild_id)).values()),
                 "embeddings": await store.embeddings.usable(guild_id)}
 
-    async def run_imagine(self, interaction: discord.Interaction[HypercordBot], *, prompt: str, **options: Any) -> None:
+    async def run_imagine(self, interaction: discord.Interaction[HypercordBot], *, prompt: str, model: str | None = None,
+                          **options: Any) -> None:
         """/imagine's callback: the options as typed, checked by :func:`bot.options.build_settings`."""
         installed = await self.installed(interaction.guild_id)
         try:
-            settings = build_settings(prompt=prompt, limits=self.bot.settings.limits,
-                                      checkpoint=self.bot.settings.models.checkpoint, **installed, **options)
+            settings, why = await self.settings_on_checkpoint(interaction.guild_id, installed, model,
+                                                              {"prompt": prompt, **options})
         except OptionError as exc:
             raise UserFacingError(str(exc)) from None
-        await self.start_job(interaction, settings, origin="command", notes=_hints(settings, installed))
+        await self.start_job(interaction, settings, origin="command", notes=why + _hints(settings, installed))
 
     async def run_paste(self, interaction: discord.Interaction[HypercordBot], text: str, *, origin: str) -> None:
-        """A pasted A1111 parameters block rendered as a job; fields it cannot render are noted on the result."""
-        bot = self.bot
+        """A pasted A1111 parameters block rendered as a job; fields it cannot render are noted on the result.
+
+        The pasted ``Model`` / ``Model hash`` is used when that checkpoint is installed and offered here."""
         try:
             pasted = pasted_options(text)
             installed = await self.installed(interaction.guild_id)
-            settings = build_settings(limits=bot.settings.limits, checkpoint=bot.settings.models.checkpoint,
-                                      **installed, **pasted.build_options())  # type: ignore[arg-type]
+            settings, why = await self.settings_on_checkpoint(interaction.guild_id, installed,
+                                                              await self.pasted_model(interaction.guild_id, pasted),
+                                                              pasted.build_options())
         except (PasteError, OptionError) as exc:
             raise UserFacingError(str(exc)) from None
-        label = bot.settings.models.model_name or bot.settings.models.checkpoint
+        catalog = self.bot.jobs.catalog
+        entry = catalog.get(settings.checkpoint) if catalog else None
+        label = entry.label if entry else self.bot.settings.models.model_name or settings.checkpoint
         await self.start_job(interaction, settings, origin=origin,
-                             notes=paste_notes(pasted, label) + _hints(settings, installed))
+                             notes=paste_notes(pasted, label) + why + _hints(settings, installed))
+
+    async def pasted_model(self, guild_id: int | None, pasted: PastedOptions) -> str | None:
+        """The installed checkpoint a pasted block names (its hash, else its name), if this server offers it."""
+        catalog = self.bot.jobs.catalog
+        if catalog is None or not (pasted.model or pasted.model_hash):
+            return None
+        entry = catalog.trained_on(pasted.model_hash, pasted.model)
+        offered = {e.name for e in available(catalog, await self.bot.store.checkpoints.get(guild_id))}
+        return entry.name if entry is not None and entry.name in offered else None
+
+    async def settings_on_checkpoint(self, guild_id: int | None, installed: dict[str, Any], model: str | None,
+                                     options: dict[str, Any]) -> tuple[RenderSettings, tuple[str, ...]]:
+        """The job's settings on its checkpoint (:func:`bot.jobs.checkpoint_choice.choose`), with that checkpoint's
+        defaults for options left empty; and the note saying which model and why (when it was not named)."""
+        bot = self.bot
+        limits, catalog = bot.settings.limits, bot.jobs.catalog
+        if catalog is None:
+            return build_settings(limits=limits, checkpoint=bot.settings.models.checkpoint, **installed, **options), ()
+        first = build_settings(limits=limits, checkpoint=catalog.default, **installed, **options)
+        try:
+            choice = choose(catalog, await bot.store.checkpoints.get(guild_id), named=model, settings=first,
+                            hypernets=installed["models"])
+        except CheckpointProblem as exc:
+            raise UserFacingError(str(exc)) from None
+        filled = with_checkpoint_defaults(options, choice.entry.defaults)
+        settings = build_settings(limits=limits, checkpoint=choice.entry.name, **installed, **filled)
+        return settings, (choice.note,) if choice.note else ()
 
     async def start_job(self, interaction: discord.Interaction[HypercordBot], settings: RenderSettings, *,
                         origin: str, notes: tuple[str, ...] = ()) -> None:

@@ -26,7 +26,7 @@ from bot.jobs import Cancelled, Done, Failed, JobPresenter, JobState, Outcome, P
 from bot.store import Job
 from cogs.buttons import progress_view, result_view
 from cogs.delivery import DEFAULT_UPLOAD_LIMIT, TOKEN_MARGIN_S, JobMessage
-from cogs.embeds import result_embed
+from cogs.embeds import checkpoint_label, result_embed
 from cogs.ui import hypercord
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def state_text(state: JobState) -> str:
 async def post_result(client: HypercordBot, msg: JobMessage, job: Job, pngs: list[bytes], *, header: str = "",
                       new_message: bool = False) -> None:
     """The images, the embed and the result buttons (a finished job, and ``/show``)."""
-    embed = result_embed(job, model_name=client.settings.models.model_name)
+    embed = result_embed(job, model_name=checkpoint_label(client, job.settings.checkpoint))
     await msg.final(content=header.strip(), embed=embed, pngs=pngs, view=result_view(job, client.settings.limits),
                     stem=f"hypercord_{job.id}", job_id=job.id, new_message=new_message)
 

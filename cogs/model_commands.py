@@ -198,7 +198,11 @@ class ModelsCog(commands.GroupCog):
         manager = is_guild_manager(interaction) or is_bot_owner(interaction)
         model = await self.service.find(name, interaction.guild_id, include_disabled=manager)
         embed = info_embed(self.kind, model, self.service.compatibility(model))
+        self.annotate_info(embed, model)
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    def annotate_info(self, embed: discord.Embed, model: Any) -> None:
+        """What a kind adds to ``info`` (hypernetworks: whether their training checkpoint is installed)."""
 
     # ---- server admins ----------------------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ async def collect_figures(bot: HypercordBot) -> dict[str, Any]:
         "unet_eager_calls": engine["unet_eager_calls"], "unet_pending_layouts": engine["unet_pending_layouts"],
         "uptime_s": round(time.time() - bot.started_at, 1),
         "guilds": len(bot.guilds), "accepting_jobs": bot.jobs.accepting,
+        "checkpoints": [dict(c) for c in engine["checkpoints"]], "checkpoint_loads": engine["checkpoint_loads"],
         "workers": [{key: worker[key] for key in ("name", "state", "device", "checkpoint", "max_batch", "jobs_done",
                                                   "heartbeat_age_s", "host")} for worker in engine["workers"]],
     }
@@ -78,6 +79,17 @@ def worker_lines(workers: list[dict[str, Any]], limit: int = 1024) -> str:
     return text or "none"
 
 
+def checkpoint_lines(figures: dict[str, Any], limit: int = 1024) -> str:
+    """The default checkpoint, then each one the worker holds (on the device or parked in CPU memory) and its size."""
+    lines = [f"default `{figures['checkpoint'][:120]}`"]
+    for c in reversed(figures.get("checkpoints", [])):  # most recently used first
+        lines.append(f"`{c['name'][:60]}` {'on device' if c['on_device'] else 'in CPU memory'} · {_mib(c['nbytes'])}")
+    if figures.get("checkpoint_loads"):
+        lines.append(f"loads since start: {figures['checkpoint_loads']}")
+    text = "\n".join(lines)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def status_embed(figures: dict[str, Any]) -> discord.Embed:
     """Render the figures for an owner; kept well inside Discord's embed limits."""
     healthy = figures["worker"] == "ready"
@@ -86,7 +98,7 @@ def status_embed(figures: dict[str, Any]) -> discord.Embed:
     done, failed = jobs.get("done", 0), jobs.get("failed", 0)
     embed.add_field(name="Worker", value=f"{figures['worker']} (pid {figures['pid'] or '—'})\n{figures['device'] or '—'}"
                     f"\nrestarts: {figures['worker_restarts']}")
-    embed.add_field(name="Checkpoint", value=f"`{figures['checkpoint'][:200]}`")
+    embed.add_field(name="Checkpoints", value=checkpoint_lines(figures))
     embed.add_field(name="Queue", value=f"{figures['queue']} waiting from {figures['users_waiting']} users\n"
                     f"{figures['running']} running")
     embed.add_field(name="Last hour", value=f"{done} done, {failed} failed, {jobs.get('cancelled', 0)} cancelled")

@@ -38,6 +38,7 @@ __all__ = [
     "Progress",
     "Queued",
     "RenderSettings",
+    "ResidentCheckpoint",
     "Result",
     "Shutdown",
     "Started",
@@ -111,6 +112,16 @@ class WorkerConfig:
     compile: str = "auto"  # the UNet: auto (compiled on CUDA) | on | off | cudagraphs (engine/worker/compile.py)
     compile_cache_dir: str = ""  # persistent inductor/Triton cache ("" = torch's default)
     warm_up_sizes: tuple[tuple[int, int], ...] = ((512, 512),)  # (width, height) compiled before the worker is ready
+    checkpoint_hash_cache: str = ""  # A1111 file hashes remembered here (a JSON file; "" = hash on every load)
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentCheckpoint:
+    """A checkpoint a worker holds loaded: on its device (ready to render) or parked in CPU memory."""
+
+    name: str
+    on_device: bool
+    nbytes: int
 
 
 # ---- bot -> worker ----------------------------------------------------------------------------
@@ -158,6 +169,8 @@ class Hello:
     context_dim: int
     attention_widths: tuple[int, ...] = ()  # self-attention widths of the UNet (what hypernet sizes can match)
     max_batch: int = 0  # images per batch the worker wants (``WorkerConfig.max_batch`` with auto resolved); 0: unknown
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # loaded checkpoints, most recently used last
+    checkpoint_loads: int = 0  # checkpoints loaded from disk since the worker started
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +185,8 @@ class Health:
     unet_compiled_calls: int = 0  # UNet calls that ran a compiled graph (engine/worker/unet_runner.py)
     unet_eager_calls: int = 0  # ... that ran eager (compiling off, LoRAs, a layout waiting for an idle compile)
     unet_pending_layouts: int = 0  # hypernet layouts met that wait for an idle moment to compile
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()
+    checkpoint_loads: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +236,8 @@ class BatchDone:
     steps: int
     step_time_s: float
     duration_s: float
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # what the worker holds now (the client's affinity)
+    checkpoint_loads: int = 0
 
 
 # ---- client -> bot (events on a JobHandle; never sent over the pipe) -----------------------------
@@ -301,6 +318,8 @@ class WorkerInfo:
     vram_used_bytes: int = 0
     hypernet_cache_bytes: int = 0
     hypernet_cache_names: tuple[str, ...] = ()
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()
+    checkpoint_loads: int = 0
 
 
 @dataclass(frozen=True, slots=True)

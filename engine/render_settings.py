@@ -147,15 +147,16 @@ class RenderSettings:
             raise ValueError(f"seed resize sizes must be positive, got {self.seed_resize_from}")
 
     def batch_key(self) -> tuple[object, ...]:
-        """Settings with equal keys can share one UNet batch (prompts, hypernets, seeds and noise may differ).
+        """Settings with equal keys can share one UNet batch (prompts, hypernets, seeds and noise may differ; the
+        checkpoint may not: a batch runs on one model).
 
         The sampler counts by what it computes: "DPM++ 2M Karras" and "DPM++ 2M" with schedule Karras batch
         together.  Unknown names key by their text (the renderer refuses them with a message)."""
         try:
             spec, schedule = resolve_sampler_and_schedule(self.sampler, self.schedule)
         except ValueError:
-            return (self.width, self.height, self.steps, self.sampler, self.schedule)
-        return (self.width, self.height, self.steps, spec.algorithm, schedule)
+            return (self.checkpoint, self.width, self.height, self.steps, self.sampler, self.schedule)
+        return (self.checkpoint, self.width, self.height, self.steps, spec.algorithm, schedule)
 
     @property
     def variation(self) -> bool:

@@ -42,6 +42,7 @@ import discord
 
 from bot.app import HypercordBot
 from bot.config import (
+    CheckpointSettings,
     DiscordSettings,
     EngineSettings,
     LimitSettings,
@@ -137,10 +138,11 @@ class Harness:
 
     async def install_hypernet(self, fixture: str, name: str, *, guild_id: int | None = None,
                                default_multiplier: float = 1.0, enabled: bool = True,
-                               description: str = "") -> Hypernet:
+                               description: str = "", base_model: str | None = None) -> Hypernet:
         """Install ``tests/fixtures/hypernetworks/zoo/<fixture>.pt`` as ``name``: load it (safe torch load), write the
         canonical safetensors file named by its sha256 into the store dir, and register it.  ``guild_id=None``
-        registers it globally; pass ``hc.fake.guild.id`` for a guild model."""
+        registers it globally; pass ``hc.fake.guild.id`` for a guild model.  ``base_model``: the checkpoint the file
+        says it was trained on (what intake keeps of A1111's ``sd_checkpoint_name`` / ``sd_checkpoint``)."""
         from engine.hypernet import load, save_canonical
 
         source = FIXTURES / f"{fixture}.pt"
@@ -159,7 +161,7 @@ class Harness:
             sizes=tuple(hn.sizes), layer_structure=tuple(float(x) for x in meta["layer_structure"]),
             activation=str(meta["activation_func"] or "linear"), source="folder",
             source_detail=f"tests/{fixture}.pt/{name}", description=description,
-            default_multiplier=default_multiplier, enabled=enabled))
+            default_multiplier=default_multiplier, enabled=enabled, base_model=base_model))
 
     # ---- waiting ---------------------------------------------------------------------------------
 
@@ -211,8 +213,10 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running_bot(root: Path, *, attachment_size_limit: int | None = None,
-                      **limit_overrides: Any) -> AsyncIterator[Harness]:
+                      checkpoints: CheckpointSettings | None = None, **limit_overrides: Any) -> AsyncIterator[Harness]:
     """Start the fake Discord and the real bot (real worker, tiny model) under ``root``; stop both at exit.
+
+    ``checkpoints``: installed checkpoints besides ``tiny`` (config entries, the folder).
 
     At exit, no unknown route of the fake may have been hit."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -220,7 +224,10 @@ async def running_bot(root: Path, *, attachment_size_limit: int | None = None,
     if attachment_size_limit is not None:
         kwargs["attachment_size_limit"] = attachment_size_limit
     async with FakeDiscord(**kwargs) as fake:
-        harness = Harness(fake, make_settings(root, fake, **limit_overrides), root)
+        settings = make_settings(root, fake, **limit_overrides)
+        if checkpoints is not None:
+            settings = dataclasses.replace(settings, checkpoints=checkpoints)
+        harness = Harness(fake, settings, root)
         try:
             await harness.start_bot()
             yield harness

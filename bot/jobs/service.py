@@ -22,8 +22,10 @@ import logging
 import math
 from collections.abc import AsyncIterator
 
+from bot.checkpoints import CheckpointCatalog
 from bot.db import DatabaseBusy
 from bot.errors import UserFacingError
+from bot.jobs.checkpoint_choice import entry_of
 from bot.jobs.engine_api import EngineAPI, JobEvents
 from bot.jobs.images import ImageStore, disk_problem
 from bot.jobs.persist import persist
@@ -48,6 +50,8 @@ HYPERNET_GONE = ("The hypernetwork `{name}` is no longer available here (it was 
                  "Pick another one; `/hypernets list` shows those installed.")
 LORA_GONE = ("The LoRA `{name}` is no longer available here (it was removed, disabled or replaced). Pick another one; "
              "`/loras list` shows those installed.")
+CHECKPOINT_GONE = ("The model `{name}` is no longer available here (it was removed, or this server no longer offers it). "
+                   "Pick another one with the `model` option; `/models list` shows those you can use.")
 POSTING_FAILED = "Something went wrong on our side while posting this job (job #{job_id})."
 NOT_RESUMED_AGAIN = ("The bot stopped again before this job could run. A job is resumed after one restart only, so this "
                      "one will not run; please start it again.")
@@ -73,8 +77,11 @@ def _refusal_kind(error: EngineError) -> str:
 class JobService:
     """Starts, follows, cancels and resumes jobs; one per bot process."""
 
-    def __init__(self, store: Store, engine: EngineAPI, images: ImageStore, ratelimiter: RateLimiter) -> None:
+    def __init__(self, store: Store, engine: EngineAPI, images: ImageStore, ratelimiter: RateLimiter, *,
+                 catalog: CheckpointCatalog | None = None) -> None:
+        """``catalog``: the installed checkpoints (None: jobs' checkpoints are not checked, as in unit tests)."""
         self.store = store
+        self.catalog = catalog
         self.engine = engine
         self.images = images
         self.ratelimiter = ratelimiter
@@ -118,9 +125,13 @@ class JobService:
         self.accepting = False
 
     async def check_hypernets(self, settings: RenderSettings, guild_id: int | None) -> None:
-        """Raise :class:`JobRefused` if a hypernet or LoRA of ``settings`` is no longer installed and enabled in this
-        guild as the same file (removed, disabled or replaced since the settings were made).  Embeddings are not
-        checked: one that went away is just a word of the prompt, as in A1111."""
+        """Raise :class:`JobRefused` if the checkpoint, a hypernet or a LoRA of ``settings`` is no longer installed and
+        enabled in this guild as the same file (removed, disabled or replaced since the settings were made).
+        Embeddings are not checked: one that went away is just a word of the prompt, as in A1111."""
+        if self.catalog is not None:
+            entry = entry_of(self.catalog, settings.checkpoint)
+            if entry is None or entry.name in (await self.store.checkpoints.get(guild_id)).disallowed:
+                raise JobRefused(CHECKPOINT_GONE.format(name=settings.checkpoint[:80]))
         if settings.hypernets:
             usable = await self.store.hypernets.usable(guild_id)
             for ref in settings.hypernets:

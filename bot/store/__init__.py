@@ -4,7 +4,8 @@ bot/migrations). Rows come out as frozen dataclasses, so callers can pass them a
 ``Store.open(path)`` opens the file, applies migrations and exposes ``.jobs`` (every /imagine and button press; the
 user's history is this table, :mod:`bot.store.jobs`) and the model registry (:mod:`bot.store.models`), one
 repository per kind with the same API: ``.hypernets`` (:mod:`bot.store.hypernets`), ``.loras``
-(:mod:`bot.store.loras`), ``.embeddings`` (:mod:`bot.store.embeddings`); ``.models(kind)`` picks one by name.
+(:mod:`bot.store.loras`), ``.embeddings`` (:mod:`bot.store.embeddings`); ``.models(kind)`` picks one by name;
+``.checkpoints``: each server's default checkpoint and the ones it disallowed (:mod:`bot.store.guild_checkpoints`).
 Exceptions derive from :class:`StoreError` (:mod:`bot.store.errors`); their ``str()`` is safe to show to a Discord
 user.  Import every name from here (``from bot.store import Job``): the submodules are an implementation detail.
 """
@@ -20,6 +21,7 @@ from bot.migrations import MigrationResult, migrate
 from bot.store.base import Clock
 from bot.store.embeddings import Embedding, EmbeddingStore, NewEmbedding
 from bot.store.errors import DatabaseBusy, DuplicateModel, InvalidName, NameTaken, NotFound, StoreError
+from bot.store.guild_checkpoints import GuildCheckpoints, GuildCheckpointStore
 from bot.store.hypernets import Hypernet, HypernetStore, NewHypernet
 from bot.store.jobs import JOB_STATUSES, DeletedUserData, Job, JobStore, NewJob
 from bot.store.loras import Lora, LoraStore, NewLora, prompt_names
@@ -27,9 +29,9 @@ from bot.store.models import KINDS, ModelRepository, NewModel, Registered
 
 __all__ = [
     "JOB_STATUSES", "KINDS", "DatabaseBusy", "DeletedUserData", "DuplicateModel", "Embedding", "EmbeddingStore",
-    "Hypernet", "HypernetStore", "InvalidName", "Job", "JobStore", "Lora", "LoraStore", "ModelRepository", "NameTaken",
-    "NewEmbedding", "NewHypernet", "NewJob", "NewLora", "NewModel", "NotFound", "Registered", "Store", "StoreError",
-    "prompt_names",
+    "GuildCheckpointStore", "GuildCheckpoints", "Hypernet", "HypernetStore", "InvalidName", "Job", "JobStore", "Lora",
+    "LoraStore", "ModelRepository", "NameTaken", "NewEmbedding", "NewHypernet", "NewJob", "NewLora", "NewModel",
+    "NotFound", "Registered", "Store", "StoreError", "prompt_names",
 ]
 
 
@@ -43,6 +45,7 @@ class Store:
         self.hypernets = HypernetStore(db, clock)
         self.loras = LoraStore(db, clock)
         self.embeddings = EmbeddingStore(db, clock)
+        self.checkpoints = GuildCheckpointStore(db, clock)
 
     def models(self, kind: str) -> ModelRepository[NewModel, NewModel]:
         """The registry of one kind (``hypernet``, ``lora``, ``embedding``)."""

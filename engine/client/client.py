@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from engine.client.fair_queue import QueuedJob
+from engine.client.fair_queue import AFFINITY_WAIT_S, QueuedJob, preferred_checkpoints
 from engine.client.jobbook import JobBook
 from engine.client.local_worker import LocalWorkers
 from engine.client.outcomes import crashed_twice, timed_out
@@ -39,6 +39,7 @@ from engine.protocol import (
     Hello,
     Ping,
     Progress,
+    ResidentCheckpoint,
     Result,
     Shutdown,
     Started,
@@ -59,7 +60,8 @@ class EngineClient(JobBook):
     def __init__(self, config: WorkerConfig, *, transport: WorkerTransport | None = None, max_queue: int = 100,
                  max_per_user: int = 4, heartbeat_interval_s: float = 2.0, heartbeat_timeout_s: float = 20.0,
                  start_timeout_s: float = 300.0, job_timeout_s: float = 600.0,
-                 restart_backoff: Sequence[float] = (0.5, 2.0, 5.0, 15.0, 60.0)) -> None:
+                 restart_backoff: Sequence[float] = (0.5, 2.0, 5.0, 15.0, 60.0),
+                 affinity_wait_s: float = AFFINITY_WAIT_S) -> None:
         """``transport`` starts workers (default: child processes, :class:`LocalWorkers`).
 
         ``job_timeout_s`` bounds one batch's wall-clock time on the worker, from ``SubmitBatch`` to ``BatchDone``.
@@ -67,7 +69,7 @@ class EngineClient(JobBook):
         """
         if job_timeout_s <= 0:
             raise ValueError(f"job_timeout_s must be positive; got {job_timeout_s}")
-        super().__init__(max_queue=max_queue, max_per_user=max_per_user)
+        super().__init__(max_queue=max_queue, max_per_user=max_per_user, affinity_wait_s=affinity_wait_s)
         self.config = config
         self.job_timeout_s = job_timeout_s
         self._transport = transport or LocalWorkers()
@@ -81,6 +83,8 @@ class EngineClient(JobBook):
         self._link: WorkerLink | None = None
         self._hello: Hello | None = None
         self._health: Health | None = None
+        self._resident: tuple[ResidentCheckpoint, ...] = ()  # what the worker last said it holds
+        self._checkpoint_loads = 0
         self._state = "stopped"
         self._stopping = False
         self._inbox: Inbox | None = None
@@ -155,7 +159,8 @@ class EngineClient(JobBook):
             vram_used_bytes=health.vram_used_bytes if health else 0,
             cache_contents=health.hypernet_cache_names if health else (),
             uptime_s=time.monotonic() - self._started_at if self._started_at else 0.0, restarts=self.restarts,
-            workers=(self._worker_status(),), unet_compiled_calls=health.unet_compiled_calls if health else 0,
+            workers=(self._worker_status(),), checkpoints=self._resident, checkpoint_loads=self._checkpoint_loads,
+            unet_compiled_calls=health.unet_compiled_calls if health else 0,
             unet_eager_calls=health.unet_eager_calls if health else 0,
             unet_pending_layouts=health.unet_pending_layouts if health else 0)
 
@@ -172,7 +177,7 @@ class EngineClient(JobBook):
                             checkpoint=hello.checkpoint if hello else self.config.checkpoint,
                             max_batch=self._max_batch(), jobs_done=self._done,
                             heartbeat_age_s=time.monotonic() - self._last_seen if self._last_seen else None,
-                            pid=self._link.pid if self._link else None)
+                            pid=self._link.pid if self._link else None, checkpoints=self._resident)
 
     # ---- supervisor -----------------------------------------------------------------------------
 
@@ -213,6 +218,7 @@ class EngineClient(JobBook):
                 if msg.protocol_version != PROTOCOL_VERSION:
                     return f"worker speaks protocol {msg.protocol_version}, expected {PROTOCOL_VERSION}"
                 self._hello = msg
+                self._note_resident(msg)
                 log.info("engine worker %d ready on %s (%s)", msg.pid, msg.device, msg.checkpoint)
                 return None
             if isinstance(msg, Exited):
@@ -252,9 +258,13 @@ class EngineClient(JobBook):
                 return f"worker {self._link.pid} exited with code {msg.code}"
             self._on_message(msg)
 
+    def _note_resident(self, msg: Hello | Health | BatchDone) -> None:
+        self._resident, self._checkpoint_loads = msg.checkpoints, msg.checkpoint_loads
+
     def _on_message(self, msg: object) -> None:
         if isinstance(msg, Health):
             self._health = msg
+            self._note_resident(msg)
         elif isinstance(msg, Progress):
             if msg.job_id in self._batch:
                 self._handles[msg.job_id].emit(msg)
@@ -264,6 +274,7 @@ class EngineClient(JobBook):
                 self._terminal(job, msg)
         elif isinstance(msg, BatchDone) and msg.batch_id == self._batch_id:
             self._batch_id = None
+            self._note_resident(msg)
             self._count_batch(msg)
             for job in list(self._batch.values()):  # answered nothing: a worker bug, never hang the user
                 self._batch.pop(job.job_id)
@@ -273,7 +284,9 @@ class EngineClient(JobBook):
     def _dispatch(self) -> None:
         if self._batch_id is not None or self._link is None or self._state != "ready" or not self._accepting:
             return
-        jobs = self._queue.next_batch(self._max_batch())
+        jobs = self._queue.next_batch(self._max_batch(),
+                                      prefer=preferred_checkpoints(self._resident, self.config.checkpoint,
+                                                                   several=bool(self.config.checkpoints)))
         if not jobs:
             return
         batch_id = self._batch_id = next(self._batch_ids)

@@ -12,18 +12,39 @@ with later compatible jobs in the same order — but never a user's job ahead of
 so each user's jobs leave in the order sent.  A job is never held back to wait for a fuller batch.
 Jobs re-queued after a worker crash go before everything else (they already waited their turn).
 
-Pure Python, no clock, no asyncio: the client drives it and tests exercise it directly.
+Checkpoint affinity: a batch runs on one checkpoint (it is part of the batch key), and switching the worker to a
+model it does not hold costs seconds.  So when the client says which checkpoints the worker holds on its device
+(``prefer``), the batch starts with the first job in fair order on one of them whose user has no earlier job
+waiting, instead of with a job that needs a load — unless a job on another checkpoint has already waited
+``affinity_wait_s``: then fair order decides again, so affinity delays no job by more than that bound (plus its
+ordinary fair wait).  Each user's jobs still leave in the order sent.
+
+Pure Python, no asyncio, the clock injected: the client drives it and tests exercise it directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from engine.errors import QueueFull, UserQueueFull
-from engine.protocol import GenerateRequest
+from engine.protocol import GenerateRequest, ResidentCheckpoint
 
-__all__ = ["FairQueue", "QueuedJob"]
+__all__ = ["FairQueue", "QueuedJob", "preferred_checkpoints"]
+
+AFFINITY_WAIT_S = 20.0
+
+
+def preferred_checkpoints(resident: Iterable[ResidentCheckpoint], default: str, *, several: bool = True
+                          ) -> frozenset[str]:
+    """The checkpoint settings a worker can render without loading: those on its device ("" when the default is).
+
+    ``several=False`` (a worker with one checkpoint, which every name means): no preference."""
+    if not several:
+        return frozenset()
+    names = {c.name for c in resident if c.on_device}
+    return frozenset(names | {""}) if default in names else frozenset(names)
 
 
 @dataclass(eq=False, slots=True)
@@ -36,6 +57,7 @@ class QueuedJob:
     retry: bool = False
     attempts: int = 0
     running: bool = field(default=False)
+    queued_at: float = 0.0  # the queue's clock when it was submitted
 
     @property
     def job_id(self) -> int:
@@ -50,6 +72,10 @@ class QueuedJob:
         """Image rows this job adds to a UNet batch."""
         return max(1, self.request.settings.count)
 
+    @property
+    def checkpoint(self) -> str:
+        return self.request.settings.checkpoint
+
     def order_key(self) -> tuple[int, int, int]:
         return (0 if self.retry else 1, self.round, self.seq)
 
@@ -57,14 +83,18 @@ class QueuedJob:
 class FairQueue:
     """Round-robin over users with caps; ``next_batch`` hands out jobs, ``finish`` releases them.
 
-    ``max_queue`` caps jobs waiting (all users); ``max_per_user`` caps one user's waiting + running jobs.
+    ``max_queue`` caps jobs waiting (all users); ``max_per_user`` caps one user's waiting + running jobs;
+    ``affinity_wait_s`` bounds how long a job may be passed over for jobs on a checkpoint the worker holds.
     """
 
-    def __init__(self, *, max_queue: int, max_per_user: int) -> None:
+    def __init__(self, *, max_queue: int, max_per_user: int, affinity_wait_s: float = AFFINITY_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_queue < 1 or max_per_user < 1:
             raise ValueError("max_queue and max_per_user must be at least 1")
         self.max_queue = max_queue
         self.max_per_user = max_per_user
+        self.affinity_wait_s = affinity_wait_s
+        self._clock = clock
         self._queued: dict[int, QueuedJob] = {}
         self._running: dict[int, QueuedJob] = {}
         self._current_round = 0
@@ -97,7 +127,7 @@ class FairQueue:
         self.check_capacity(request.user_id)
         last = max((j.round for j in self._queued.values() if j.user_id == request.user_id and not j.retry), default=-1)
         rnd = max(self._current_round, last + 1)
-        job = QueuedJob(request=request, seq=self._next_seq(), round=rnd)
+        job = QueuedJob(request=request, seq=self._next_seq(), round=rnd, queued_at=self._clock())
         self._queued[job.job_id] = job
         return job
 
@@ -127,9 +157,10 @@ class FairQueue:
 
     # ---- serving --------------------------------------------------------------------------------
 
-    def next_batch(self, max_batch: int) -> list[QueuedJob]:
+    def next_batch(self, max_batch: int, *, prefer: Collection[str] = ()) -> list[QueuedJob]:
         """Take the next fair job plus compatible jobs in fair order, ``sum(count) <= max_batch``.
 
+        ``prefer``: the checkpoint settings the worker holds on its device (see the module's "affinity").
         A first job bigger than ``max_batch`` rows is still served, alone; so is a job re-queued after a
         worker crash (it may be what crashed it, and must not take batch-mates down again).  Returns
         ``[]`` only when nothing is queued.
@@ -137,12 +168,14 @@ class FairQueue:
         order = self._fair_order()
         if not order:
             return []
-        first = order[0]
+        first = self._lead(order, prefer)
         batch = [first]
         rows = first.rows
         key = first.request.batch_key()
         blocked: set[int] = set()  # users with a job left behind: their later jobs wait too (per-user FIFO)
-        for job in [] if first.retry else order[1:]:  # a crash suspect runs alone
+        for job in [] if first.retry else order:  # a crash suspect runs alone
+            if job is first:
+                continue
             if job.retry or rows >= max_batch:
                 break
             if job.user_id not in blocked and job.request.batch_key() == key and rows + job.rows <= max_batch:
@@ -150,8 +183,8 @@ class FairQueue:
                 rows += job.rows
             else:
                 blocked.add(job.user_id)
-        if not first.retry:
-            self._current_round = max(self._current_round, first.round)
+        if not order[0].retry:
+            self._current_round = max(self._current_round, order[0].round)
         for job in batch:
             del self._queued[job.job_id]
             job.running = True
@@ -215,6 +248,21 @@ class FairQueue:
         return list(self._running.values())
 
     # ---- internals ------------------------------------------------------------------------------
+
+    def _lead(self, order: list[QueuedJob], prefer: Collection[str]) -> QueuedJob:
+        """The job a batch starts with: the first in fair order, or the first on a preferred checkpoint."""
+        first = order[0]
+        if first.retry or not prefer or first.checkpoint in prefer:
+            return first
+        now = self._clock()
+        if any(now - j.queued_at >= self.affinity_wait_s for j in order if j.checkpoint not in prefer):
+            return first  # someone has waited long enough for the model switch: plain fairness
+        seen: set[int] = set()
+        for job in order:
+            if job.user_id not in seen and not job.retry and job.checkpoint in prefer:
+                return job
+            seen.add(job.user_id)
+        return first
 
     def _fair_order(self) -> list[QueuedJob]:
         return sorted(self._queued.values(), key=QueuedJob.order_key)

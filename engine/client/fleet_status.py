@@ -29,7 +29,8 @@ def fleet_status(config: WorkerConfig, workers: Sequence[WorkerInfo], now: float
     """``EngineStatus`` of a fleet: state ``ready`` with a live worker, ``no workers``, or ``broker down``."""
     listed = tuple(WorkerStatus(name=w.name, state=worker_state(w, now, heartbeat_timeout_s), device=w.device,
                                 checkpoint=w.checkpoint, max_batch=w.max_batch, jobs_done=w.jobs_done,
-                                heartbeat_age_s=max(0.0, now - w.heartbeat_at), pid=w.pid, host=w.host)
+                                heartbeat_age_s=max(0.0, now - w.heartbeat_at), pid=w.pid, host=w.host,
+                                checkpoints=w.checkpoints)
                    for w in workers)
     live = [w for w, shown in zip(workers, listed, strict=True) if shown.state in ("ready", "busy")]
     first = live[0] if live else None
@@ -42,4 +43,5 @@ def fleet_status(config: WorkerConfig, workers: Sequence[WorkerInfo], now: float
         jobs_failed=jobs_failed, images_per_s=images_per_s, avg_step_s=avg_step_s,
         cache_bytes=sum(w.hypernet_cache_bytes for w in live), vram_used_bytes=sum(w.vram_used_bytes for w in live),
         cache_contents=tuple(sorted({n for w in live for n in w.hypernet_cache_names})), uptime_s=uptime_s,
-        restarts=0, workers=listed)
+        restarts=0, workers=listed, checkpoints=first.checkpoints if first else (),
+        checkpoint_loads=sum(w.checkpoint_loads for w in live))

@@ -9,7 +9,7 @@ whatever the deployment.  Subclasses say when they refuse work (:meth:`JobBook._
 
 from __future__ import annotations
 
-from engine.client.fair_queue import FairQueue, QueuedJob
+from engine.client.fair_queue import AFFINITY_WAIT_S, FairQueue, QueuedJob
 from engine.client.handle import JobHandle
 from engine.errors import UnknownJob, WorkerUnavailable
 from engine.protocol import BatchDone, Failure, FailureKind, GenerateRequest, Queued, Result
@@ -22,8 +22,8 @@ NOT_ACCEPTING = "The image engine is not taking jobs right now."
 class JobBook:
     """Fair queue + handles + counters; the public non-blocking calls of an engine client."""
 
-    def __init__(self, *, max_queue: int, max_per_user: int) -> None:
-        self._queue = FairQueue(max_queue=max_queue, max_per_user=max_per_user)
+    def __init__(self, *, max_queue: int, max_per_user: int, affinity_wait_s: float = AFFINITY_WAIT_S) -> None:
+        self._queue = FairQueue(max_queue=max_queue, max_per_user=max_per_user, affinity_wait_s=affinity_wait_s)
         self._handles: dict[int, JobHandle] = {}
         self._accepting = False
         self._done = self._failed = self._images = self._steps = 0

@@ -32,7 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from engine.client.fair_queue import QueuedJob
+from engine.client.fair_queue import AFFINITY_WAIT_S, QueuedJob, preferred_checkpoints
 from engine.client.fleet_status import fleet_status, worker_state
 from engine.client.handle import JobHandle
 from engine.client.jobbook import JobBook
@@ -76,8 +76,8 @@ class RedisEngineClient(JobBook):
     def __init__(self, config: WorkerConfig, redis_url: str, *, bot_id: str = "main", prefix: str = "hypercord",
                  max_queue: int = 100, max_per_user: int = 4, lease_s: float = 30.0, heartbeat_interval_s: float = 2.0,
                  heartbeat_timeout_s: float = 20.0, start_timeout_s: float = 60.0, job_timeout_s: float = 600.0,
-                 adopt_ttl_s: float = 900.0) -> None:
-        super().__init__(max_queue=max_queue, max_per_user=max_per_user)
+                 adopt_ttl_s: float = 900.0, affinity_wait_s: float = AFFINITY_WAIT_S) -> None:
+        super().__init__(max_queue=max_queue, max_per_user=max_per_user, affinity_wait_s=affinity_wait_s)
         if not NAME_RULE.fullmatch(bot_id):
             raise ValueError(f"bot_id may use letters, digits and _.:- only; got {bot_id!r}")
         self.config, self.bot_id, self.redis_url = config, bot_id, redis_url
@@ -232,7 +232,8 @@ class RedisEngineClient(JobBook):
         info = decode_as(raw, WorkerInfo)
         if info is None or worker_state(info, time.time(), self._hb_timeout) not in ("ready", "busy"):
             return  # a stale name (the worker is gone or stopped): dropped; "busy" may be a registry lagging behind
-        jobs = self._queue.next_batch(info.max_batch)
+        prefer = preferred_checkpoints(info.checkpoints, info.checkpoint, several=bool(self.config.checkpoints))
+        jobs = self._queue.next_batch(info.max_batch, prefer=prefer)
         if not jobs:
             await self._r.lpush(self._layout.idle, name)
             return

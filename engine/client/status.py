@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.protocol import ResidentCheckpoint
+
 __all__ = ["EngineStatus", "WorkerStatus"]
 
 
@@ -24,6 +26,7 @@ class WorkerStatus:
     heartbeat_age_s: float | None
     pid: int | None = None
     host: str = ""
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # what it holds, on its device or parked in CPU memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +56,5 @@ class EngineStatus:
     unet_compiled_calls: int = 0  # UNet calls that ran a compiled graph (engine/worker/unet_runner.py)
     unet_eager_calls: int = 0
     unet_pending_layouts: int = 0  # hypernet layouts waiting for an idle moment to be compiled
+    checkpoints: tuple[ResidentCheckpoint, ...] = ()  # checkpoints the worker holds (the local transport)
+    checkpoint_loads: int = 0  # checkpoints it loaded from disk since it started

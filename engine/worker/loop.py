@@ -7,7 +7,11 @@ socket pair carrying pickled ``engine.protocol`` envelopes.  The first message i
 A standalone worker (``--redis URL``) gets the same messages through :mod:`engine.worker.redis_endpoint`, and
 missing hypernet files through a ``ModelSource`` (:mod:`engine.worker.model_fetch`).
 
-Threads: the main thread loads the checkpoint once and runs batches; a reader thread takes messages
+Checkpoints: a batch runs on the checkpoint its jobs name (:mod:`engine.worker.checkpoint_pool`: loaded on demand,
+kept resident within a memory budget); a batch that mixes checkpoints is rendered group by group, and a checkpoint
+that is unknown or fails to load fails only its jobs.
+
+Threads: the main thread loads the default checkpoint at start and runs batches; a reader thread takes messages
 while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
 mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  Because of
 that, a render stuck inside the device does not stop the heartbeats; the client bounds each batch's time
@@ -38,7 +42,7 @@ import torch
 from engine.conditioning import Embedding, load_embedding_safetensors
 from engine.errors import InvalidModelFile
 from engine.hypernet import Hypernetwork, load_canonical
-from engine.lora import LoraNetwork, load_lora_safetensors, table_for_models
+from engine.lora import LoraNetwork
 from engine.protocol import (
     PROTOCOL_VERSION,
     BatchDone,
@@ -51,12 +55,14 @@ from engine.protocol import (
     Hello,
     Ping,
     Progress,
+    ResidentCheckpoint,
     Result,
     Shutdown,
     SubmitBatch,
     WorkerConfig,
     wrap,
 )
+from engine.worker.checkpoint_pool import CheckpointPool, CheckpointUnavailable
 from engine.worker.compile import auto_max_batch
 from engine.worker.faults import Faults
 from engine.worker.hypernet_cache import HypernetCache
@@ -104,13 +110,15 @@ class Worker:
         self._runner: UNetRunner | None = None  # the renderer's UNet runner, for its figures in Health
         self._cache_snapshot: tuple[int, tuple[str, ...]] = (0, ())
         self._names: dict[str, str] = {}
-        self._loras: HypernetCache[LoraNetwork] | None = None  # set in run(): its loader needs the model
+        self._pool = CheckpointPool(config)
+        self._loras: HypernetCache[LoraNetwork] | None = None  # the LoRA cache of the checkpoint being rendered
         self._embeddings: HypernetCache[Embedding] | None = None
         # The batch being rendered: per job, its LoRAs and embeddings by sha256.
         self._job_loras: dict[int, Mapping[str, LoraNetwork]] = {}
         self._job_embeddings: dict[int, Mapping[str, Embedding]] = {}
         self._device_is_cuda = False
         self._stats = _BatchStats()
+        self._resident: tuple[ResidentCheckpoint, ...] = ()  # snapshot for the reader thread's Health
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -154,7 +162,8 @@ class Worker:
         vram = int(torch.cuda.memory_allocated()) if self._device_is_cuda else 0
         stats = self._runner.stats if self._runner is not None else None
         return Health(nonce=nonce, busy=self._busy, vram_used_bytes=vram, hypernet_cache_bytes=cache_bytes,
-                      hypernet_cache_names=names, unet_compiled_calls=stats.compiled_calls if stats else 0,
+                      hypernet_cache_names=names, checkpoints=self._resident, checkpoint_loads=self._pool.loads,
+                      unet_compiled_calls=stats.compiled_calls if stats else 0,
                       unet_eager_calls=stats.eager_calls if stats else 0,
                       unet_pending_layouts=len(self._runner.pending) if self._runner is not None else 0)
 
@@ -167,74 +176,92 @@ class Worker:
     def run(self) -> int:
         """Load the checkpoint, say Hello, then render batches until ``Shutdown`` (returns the exit code)."""
         cfg = self._config
-        renderer = Renderer.load(cfg.checkpoint, cfg.device, cfg.dtype, cfg.hypernet_dtype, compile=cfg.compile,
-                                 compile_cache_dir=cfg.compile_cache_dir or None)
+        renderer = self._pool.get(self._pool.default).renderer
+        self._resident = self._pool.resident()
         self._device_is_cuda = renderer.device.type == "cuda"
+        device, hypernet_dtype = renderer.device, renderer.hypernet_dtype  # shared by every checkpoint of the worker
         self._runner = renderer.unet_runner
-        for what, seconds in renderer.warm_up(cfg.warm_up_sizes):  # compiled before Hello: no user waits for it
+        for what, seconds in renderer.warm_up(cfg.warm_up_sizes):  # the default checkpoint, before Hello
             log.info("warm-up: compiled the UNet for %s in %.1f s", what, seconds)
 
         def load(path: os.PathLike[str]) -> Hypernetwork:
-            return load_canonical(str(path)).to(renderer.device, renderer.hypernet_dtype)
-
-        table = table_for_models(renderer.unet, renderer.text_encoder)
-
-        def load_lora(path: Path) -> LoraNetwork:
-            return load_lora_safetensors(path, key=path.stem, table=table).to(renderer.device)
+            return load_canonical(str(path)).to(device, hypernet_dtype)
 
         cache: HypernetCache[Hypernetwork] = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load)
-        self._loras = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, load_lora, kind="LoRA")
         self._embeddings = HypernetCache(cfg.model_store_dir, cfg.hypernet_cache_bytes, _load_embedding,
                                          kind="embedding")
         self.send(Hello(protocol_version=PROTOCOL_VERSION, pid=os.getpid(), device=str(renderer.device),
-                        checkpoint=cfg.checkpoint, dtype=str(renderer.dtype).removeprefix("torch."),
+                        checkpoint=self._pool.default, dtype=str(renderer.dtype).removeprefix("torch."),
                         context_dim=int(renderer.context_dim), attention_widths=tuple(sorted(renderer.attention_widths)),
+                        checkpoints=self._resident, checkpoint_loads=self._pool.loads,
                         max_batch=auto_max_batch(cfg.max_batch, renderer.device)))
         threading.Thread(target=self._reader, name="worker-reader", daemon=True).start()
         while True:
-            item = self._next_work(renderer.unet_runner)
+            item = self._next_work()
             if isinstance(item, Shutdown):
                 return 0
             self._busy = True
             try:
-                self._run_batch(item, renderer, cache)
+                self._run_batch(item, cache)
             finally:
                 self._busy = False
 
-    def _next_work(self, runner: UNetRunner) -> SubmitBatch | Shutdown:
-        """The next batch or Shutdown; while none comes, compile one UNet layout that ran eager (idle time only)."""
+    def _next_work(self) -> SubmitBatch | Shutdown:
+        """The next batch or Shutdown; while none comes, compile one UNet layout that ran eager (idle time only) on
+        the checkpoint rendered last."""
         while True:
+            runner = self._runner
             try:
-                return self._work.get(timeout=_IDLE_COMPILE_AFTER_S if runner.pending else None)
+                return self._work.get(timeout=_IDLE_COMPILE_AFTER_S if runner is not None and runner.pending else None)
             except queue.Empty:
                 self._busy = True
                 try:
-                    runner.compile_pending(1)
+                    if runner is not None:
+                        runner.compile_pending(1)
                 finally:
                     self._busy = False
 
     # ---- one batch ------------------------------------------------------------------------------
 
-    def _run_batch(self, batch: SubmitBatch, renderer: Renderer, cache: HypernetCache[Hypernetwork]) -> None:
+    def _run_batch(self, batch: SubmitBatch, cache: HypernetCache[Hypernetwork]) -> None:
         started = time.monotonic()
         self._stats = _BatchStats()
-        live: list[GenerateRequest] = []
+        groups: dict[str, list[GenerateRequest]] = {}  # per checkpoint (the client never mixes them; be safe)
         for req in batch.requests:
             if self._is_cancelled(req.job_id):
                 self._fail(req, FailureKind.CANCELLED, "Cancelled.")
-            else:
-                live.append(req)
-        nets = self._resolve(live, cache)
-        try:
-            self._render(renderer, [r for r in live if r.job_id in nets], nets)
-        finally:
-            self._job_loras.clear()
-            self._job_embeddings.clear()
+                continue
+            try:
+                groups.setdefault(self._pool.resolve(req.settings.checkpoint), []).append(req)
+            except CheckpointUnavailable as exc:
+                self._fail(req, FailureKind.BAD_REQUEST, exc.message)
+        for name, live in groups.items():
+            self._run_group(name, live, cache)
         with self._cancel_lock:
             self._cancelled.difference_update(r.job_id for r in batch.requests)
         stats = self._stats
         self.send(BatchDone(batch_id=batch.batch_id, images=stats.images, steps=stats.steps,
-                            step_time_s=stats.step_s, duration_s=time.monotonic() - started))
+                            step_time_s=stats.step_s, duration_s=time.monotonic() - started,
+                            checkpoints=self._resident, checkpoint_loads=self._pool.loads))
+
+    def _run_group(self, checkpoint: str, live: list[GenerateRequest], cache: HypernetCache[Hypernetwork]) -> None:
+        """The jobs of one checkpoint: the model made resident (a load failure fails these jobs only), then rendered."""
+        try:
+            model = self._pool.get(checkpoint)
+        except CheckpointUnavailable as exc:
+            for req in live:
+                self._fail(req, FailureKind.BAD_REQUEST, exc.message)
+            return
+        finally:
+            self._resident = self._pool.resident()
+        self._loras = model.loras
+        self._runner = model.renderer.unet_runner
+        nets = self._resolve(live, cache)
+        try:
+            self._render(model.renderer, [r for r in live if r.job_id in nets], nets)
+        finally:
+            self._job_loras.clear()
+            self._job_embeddings.clear()
 
     def _resolve(self, requests: Sequence[GenerateRequest], cache: HypernetCache[Hypernetwork]
                  ) -> dict[int, Mapping[str, Hypernetwork]]:

@@ -217,7 +217,8 @@ class RedisEndpoint:
         if isinstance(message, Hello):
             self._info = replace(self._info, state="ready", device=message.device, checkpoint=message.checkpoint,
                                  dtype=message.dtype, context_dim=message.context_dim,
-                                 attention_widths=message.attention_widths)
+                                 attention_widths=message.attention_widths, checkpoints=message.checkpoints,
+                                 checkpoint_loads=message.checkpoint_loads)
             self._publish_info()
             log.info("worker %s ready on %s; waiting for batches", self._name, message.device)
             if not self._stopping.is_set():
@@ -226,7 +227,8 @@ class RedisEndpoint:
         if isinstance(message, Health):
             self._info = replace(self._info, busy=message.busy, vram_used_bytes=message.vram_used_bytes,
                                  hypernet_cache_bytes=message.hypernet_cache_bytes,
-                                 hypernet_cache_names=message.hypernet_cache_names)
+                                 hypernet_cache_names=message.hypernet_cache_names, checkpoints=message.checkpoints,
+                                 checkpoint_loads=message.checkpoint_loads)
             self._publish_info()
             return
         with self._lock:

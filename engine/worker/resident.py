@@ -71,14 +71,26 @@ class ResidentModels(Generic[M]):
 
     def _trim(self, keep: str) -> None:
         while sum(m.nbytes for m in self._device.values()) > self.device_bytes and len(self._device) > 1:
-            oldest = next(n for n in self._device if n != keep)
-            model = self._device.pop(oldest)
-            if model.nbytes <= self.host_bytes:
-                self._move(model, False)
-                self.to_host += 1
-                self._host[oldest] = model
-            else:
-                self.dropped += 1
+            self._evict(next(n for n in self._device if n != keep))
+        self._trim_host()
+
+    def _evict(self, name: str) -> None:
+        """Move ``name`` off the device: to host memory when it fits there, else drop it."""
+        model = self._device.pop(name)
+        if model.nbytes <= self.host_bytes:
+            self._move(model, False)
+            self.to_host += 1
+            self._host[name] = model
+        else:
+            self.dropped += 1
+
+    def evict_all(self) -> None:
+        """Empty the device tier (the device ran out of memory loading a model: make all the room there is)."""
+        for name in list(self._device):
+            self._evict(name)
+        self._trim_host()
+
+    def _trim_host(self) -> None:
         while sum(m.nbytes for m in self._host.values()) > self.host_bytes:
             self._host.popitem(last=False)
             self.dropped += 1
@@ -96,6 +108,13 @@ class ResidentModels(Generic[M]):
     @property
     def on_host(self) -> tuple[str, ...]:
         return tuple(self._host)
+
+    def nbytes_of(self, name: str) -> int:
+        """Bytes of a held model (0 when it is not held)."""
+        model = self._device.get(name)
+        if model is None:
+            model = self._host.get(name)
+        return model.nbytes if model is not None else 0
 
     @property
     def device_used(self) -> int:

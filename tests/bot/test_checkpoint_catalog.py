@@ -72,3 +72,18 @@ def test_legacy_names() -> None:
     assert [legacy_name(s) for s in ("tiny", "models/sd/v1-5-pruned.safetensors", "org/stable-diffusion-v1-5",
                                      "/srv/models/anything-v3/")] == ["tiny", "v1-5-pruned", "stable-diffusion-v1-5",
                                                                        "anything-v3"]
+
+
+def test_a_config_entrys_vae_is_found_in_the_vae_folder_or_refuses_the_checkpoint(tmp_path: Path) -> None:
+    vae_folder = tmp_path / "VAE"
+    vae_folder.mkdir()
+    (vae_folder / "ft-mse.safetensors").write_bytes(b"not inspected by the catalog")
+    models = {"withVae": CheckpointEntry(source="tiny", vae="ft-mse.safetensors"),
+              "missingVae": CheckpointEntry(source="tiny-b", vae="gone.safetensors")}
+    cfg = CheckpointSettings(folder=str(tmp_path / "none"), vae_folder=str(vae_folder), models=models)
+    catalog = CheckpointCatalog.build(Settings(models=ModelSettings(checkpoint="tiny"), checkpoints=cfg))
+    assert catalog.entries["withVae"].vae == str(vae_folder / "ft-mse.safetensors")
+    assert catalog.entries["withVae"].spec().vae == str(vae_folder / "ft-mse.safetensors")
+    assert catalog.entries["missingVae"].refusal == (
+        f"its VAE `gone.safetensors` does not exist (looked in `{vae_folder}`); put the file there or fix "
+        "`checkpoints.models.missingVae.vae`")

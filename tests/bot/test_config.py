@@ -47,7 +47,8 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ("[engine]\ndevcie = 'cpu'\n",
      "unknown key `engine.devcie` (expected one of: device, dtype, hypernet_dtype, max_batch, compile, "
      "compile_cache_dir, hypernet_cache_mb, progress_interval_s, heartbeat_interval_s, heartbeat_timeout_s, "
-     "start_timeout_s, job_timeout_s, transport, redis_url, redis_prefix, bot_id, lease_s)"),
+     "start_timeout_s, job_timeout_s, transport, redis_url, redis_prefix, bot_id, lease_s, checkpoint_device_mb, "
+     "checkpoint_host_mb, affinity_wait_s)"),
     ("[engin]\n", "unknown section `[engin]` (expected one of: discord, storage, models, checkpoints, intake, engine, "
                    "limits, logging)"),
     ("[engine]\nmax_batch = 'four'\n", '`engine.max_batch` must be an integer, got string "four"'),
@@ -100,7 +101,7 @@ def test_job_timeout_reaches_the_engine_client(tmp_path: Path) -> None:
      "(expected one of: device, dtype, hypernet_dtype, max_batch, compile, compile_cache_dir, hypernet_cache_mb, "
      "progress_interval_s, "
      "heartbeat_interval_s, heartbeat_timeout_s, start_timeout_s, job_timeout_s, transport, redis_url, redis_prefix, "
-     "bot_id, lease_s)"),
+     "bot_id, lease_s, checkpoint_device_mb, checkpoint_host_mb, affinity_wait_s)"),
     ({"HYPERCORD_ENGINEDEVICE": "cpu"}, "environment variable HYPERCORD_ENGINEDEVICE does not name a setting (use "
      "HYPERCORD_<SECTION>__<KEY>, sections: discord, storage, models, checkpoints, intake, engine, limits, logging)"),
 ])

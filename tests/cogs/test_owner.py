@@ -22,7 +22,9 @@ async def test_status_for_owner_shows_engine_and_queue(hc: Harness) -> None:
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert embed["title"] == "Hypercord status"
     assert fields["Worker"].startswith("ready (pid ") and "cpu" in fields["Worker"]
-    assert fields["Checkpoint"] == "`tiny`"
+    (resident,) = hc.bot.engine.status().checkpoints
+    assert fields["Checkpoints"] == (f"default `tiny`\n`tiny` on device · {resident.nbytes / 2**20:.0f} MiB\n"
+                                     "loads since start: 1")
     assert "waiting from" in fields["Queue"] and "done" in fields["Last hour"]
     assert "images/s" in fields["Speed"] and "VRAM used" in fields["Memory"]
 

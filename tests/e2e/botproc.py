@@ -81,6 +81,7 @@ def config_for(fake: FakeDiscord, *, limits: Mapping[str, Any] | None = None,
         "storage": {"database": "data/hypercord.sqlite3", "images_dir": "data/images"},
         "models": {"hypernetwork_dir": "models/hypernetworks", "store_dir": "models/store", "checkpoint": "tiny",
                    "model_name": "tiny"},
+        "checkpoints.models.tiny-b": {"source": "tiny-b", "display_name": "Tiny B"},  # a second built-in checkpoint
         "intake": {"allowed_hosts": ["127.0.0.1", "localhost"], "allow_private_addresses": True, "max_file_mb": 8,
                    "download_timeout_s": 30.0, "sandbox_cpu_s": 60, **(intake or {})},
         "engine": {**DEFAULT_ENGINE, **(engine or {})},

@@ -81,7 +81,7 @@ async def test_engine_worker_killed_mid_job_is_retried(e2e: E2E) -> None:
 async def test_bot_killed_mid_job_then_restarted(e2e: E2E) -> None:
     fake = e2e.fake
     before = await e2e.result(await e2e.imagine(fake.member_plain, "made before the crash hypernet:animeStyle:0.5",
-                                                seed=7, steps=1))
+                                                seed=7, steps=1, model="tiny-b"))
     rec = await e2e.imagine(fake.member_plain, "interrupted by a crash", **SLOW)
     job_id = await _running_job(e2e, rec)
 
@@ -101,11 +101,12 @@ async def test_bot_killed_mid_job_then_restarted(e2e: E2E) -> None:
     msg = await e2e.result(rec)
     assert msg.content == RESUMED, msg.content
 
-    # A button on a message posted by the previous process still works (it carries only the job id).
+    # A button on a message posted by the previous process still works (it carries only the job id), on its model.
     click = await fake.click(user=fake.member_plain, message=before, label="+ animeStyle")
     derived = await e2e.result(click)
     _, parameters = await e2e.image(derived)
     assert "Seed: 7" in parameters and "<hypernet:animeStyle:0.6>" in parameters, parameters
+    assert "Model: tiny-b" in parameters and e2e.job(job_id_of(derived))["checkpoint"] == "tiny-b"
 
 
 async def test_sigterm_finishes_the_running_job_and_hands_back_the_queued_one(e2e: E2E) -> None:

@@ -246,8 +246,9 @@ def test_an_idle_worker_compiles_a_layout_that_ran_eager(unet, nets) -> None:
         runner(x, t, text, [[(nets[0], 0.5)], []])  # a new layout: eager now, queued for later
     assert len(runner.pending) == 1 and runner.stats.pending_calls == 1
     worker = Worker(conn=None, config=WorkerConfig(), faults=Faults())  # type: ignore[arg-type]  # never sends here
+    worker._runner = runner  # as after a batch on this checkpoint
     got: list[object] = []
-    waiting = threading.Thread(target=lambda: got.append(worker._next_work(runner)))
+    waiting = threading.Thread(target=lambda: got.append(worker._next_work()))
     with torch.no_grad():
         waiting.start()
         for _ in range(600):

@@ -64,3 +64,12 @@ def test_forget_drops_a_model_from_both_tiers():
     models.forget("a")
     models.get("a")
     assert loaded == ["a", "a"]
+
+
+def test_evict_all_empties_the_device_parking_what_fits_on_the_host():
+    models, _ = residents(device_bytes=30, host_bytes=10)
+    models.get("a")
+    models.get("b")
+    models.evict_all()
+    assert models.on_device == () and models.on_host == ("b",) and models.counts().dropped == 1
+    assert models.nbytes_of("b") == 10 and models.nbytes_of("a") == 0
