@@ -28,6 +28,7 @@ from engine.checkpoints import (
     HashCache,
     inspect_checkpoint,
     recorded_hash_matches,
+    split_checkpoint_title,
 )
 from engine.names import name_problem
 from engine.protocol import CheckpointSpec
@@ -152,6 +153,12 @@ class CheckpointCatalog:
                 if recorded_name in (entry.sd_checkpoint_name, entry.name):
                     return entry
         return None
+
+    def trained_on_record(self, base_model: str | None) -> CatalogEntry | None:
+        """:meth:`trained_on` for what intake recorded as a model's ``base_model`` (A1111's ``name [hash]``, or one
+        of the two; see :func:`engine.checkpoints.split_checkpoint_title`)."""
+        name, recorded_hash = split_checkpoint_title(base_model)
+        return self.trained_on(recorded_hash, name)
 
 
 def _folder_models(root: Path) -> list[Path]:

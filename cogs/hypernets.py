@@ -39,7 +39,7 @@ def trained_on_text(base_model: str | None, catalog: CheckpointCatalog) -> str:
     """The recorded training checkpoint and whether it is installed (then renders without a ``model`` use it)."""
     if not base_model:
         return "unknown (the file does not record it)"
-    entry = catalog.trained_on(base_model, base_model)
+    entry = catalog.trained_on_record(base_model)
     shown = f"`{quote(base_model, 120)}`"
     if entry is None:
         return f"{shown}, not installed here (renders use the default model)"

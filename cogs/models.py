@@ -57,7 +57,7 @@ def trained_on_each(catalog: CheckpointCatalog, hypernets: dict[str, Hypernet]) 
     """Per checkpoint name, the hypernetworks (of those given) whose file says they were trained on it."""
     found: dict[str, list[str]] = {}
     for hn in hypernets.values():
-        entry = catalog.trained_on(hn.base_model, hn.base_model) if hn.base_model else None
+        entry = catalog.trained_on_record(hn.base_model) if hn.base_model else None
         if entry is not None:
             found.setdefault(entry.name, []).append(hn.name)
     return found

@@ -3,10 +3,11 @@ the server's default, else the owner's.
 
 Why a rule of its own: a hypernetwork only modifies the model under it, and the guides users follow say to start
 with the model it was trained with.  A1111 records that model in the hypernetwork file (``sd_checkpoint_name`` and
-the ``sd_checkpoint`` hash; intake keeps one of them as the model's ``base_model``), so an unnamed model follows the
-(first) hypernetwork when that checkpoint is installed and offered here — and the result says so, or says why it
-could not.  A server's admins choose a default and may disallow installed checkpoints (:mod:`bot.store`); the
-owner's catalog (:mod:`bot.checkpoints`) says what is installed.  Pure: the caller reads the rows.
+the ``sd_checkpoint`` hash; intake keeps both as the model's ``base_model``, A1111's title ``name [hash]``), so an
+unnamed model follows the (first) hypernetwork when that checkpoint is installed and offered here — and the result
+says so, or says why it could not.  A server's admins choose a default and may disallow installed checkpoints
+(:mod:`bot.store`); the owner's catalog (:mod:`bot.checkpoints`) says what is installed.  Pure: the caller reads the
+rows.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def choose(catalog: CheckpointCatalog, guild: GuildCheckpoints, *, named: str | 
     base = first.base_model if first is not None else None
     if first is None or not base:
         return CheckpointChoice(fallback)
-    trained = catalog.trained_on(base, base)
+    trained = catalog.trained_on_record(base)
     if trained is not None and trained.name not in guild.disallowed:
         return CheckpointChoice(trained, TRAINED_ON.format(model=trained.name, hypernet=first.name))
     template = TRAINED_ON_NOT_OFFERED if trained is not None else TRAINED_ON_ABSENT

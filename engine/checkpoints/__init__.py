@@ -7,7 +7,15 @@ refuse a file with the same words.  See ``docs/checkpoints.md``.
 """
 
 from engine.checkpoints.families import Kind
-from engine.checkpoints.hashes import FileHashes, HashCache, autov1_hash, file_hashes, recorded_hash_matches
+from engine.checkpoints.hashes import (
+    FileHashes,
+    HashCache,
+    autov1_hash,
+    checkpoint_title,
+    file_hashes,
+    recorded_hash_matches,
+    split_checkpoint_title,
+)
 from engine.checkpoints.info import PREDICTIONS, CheckpointInfo, VaeInfo, inspect_checkpoint, inspect_vae
 from engine.checkpoints.refusals import CheckpointRefused
 
@@ -15,4 +23,5 @@ from engine.checkpoints.refusals import CheckpointRefused
 BUILT_IN_CHECKPOINTS = ("tiny", "tiny-b")
 
 __all__ = ["BUILT_IN_CHECKPOINTS", "PREDICTIONS", "CheckpointInfo", "CheckpointRefused", "FileHashes", "HashCache",
-           "Kind", "VaeInfo", "autov1_hash", "file_hashes", "inspect_checkpoint", "inspect_vae", "recorded_hash_matches"]
+           "Kind", "VaeInfo", "autov1_hash", "checkpoint_title", "file_hashes", "inspect_checkpoint", "inspect_vae",
+           "recorded_hash_matches", "split_checkpoint_title"]

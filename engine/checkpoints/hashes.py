@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AUTOV1_LENGTH", "AUTOV1_OFFSET", "FileHashes", "HashCache", "autov1_hash", "file_hashes", "file_sha256",
-           "recorded_hash_matches"]
+__all__ = ["AUTOV1_LENGTH", "AUTOV1_OFFSET", "FileHashes", "HashCache", "autov1_hash", "checkpoint_title",
+           "file_hashes", "file_sha256", "recorded_hash_matches", "split_checkpoint_title"]
 
 AUTOV1_OFFSET = 0x100000  # 1 MiB
 AUTOV1_LENGTH = 0x10000  # 64 KiB
@@ -136,3 +136,28 @@ def recorded_hash_matches(recorded: str | None, hashes: FileHashes) -> bool:
         return False
     expected = {10: hashes.autov2, 8: hashes.autov1, 64: hashes.sha256}.get(len(value))
     return expected == value
+
+
+_TITLE = re.compile(r"(?P<name>.*\S)\s*\[(?P<hash>[0-9a-fA-F]{8}|[0-9a-fA-F]{10}|[0-9a-fA-F]{64})\]")
+
+
+def checkpoint_title(name: str | None, recorded_hash: str | None) -> str | None:
+    """What a hypernetwork records of its training checkpoint, in one string: A1111's checkpoint title
+    ``name [hash]`` when it has both (the name survives a renamed file, the hash a renamed checkpoint), else the one
+    it has, else None."""
+    name, recorded_hash = (name or "").strip(), (recorded_hash or "").strip()
+    if name and recorded_hash:
+        return f"{name} [{recorded_hash}]"
+    return name or recorded_hash or None
+
+
+def split_checkpoint_title(title: str | None) -> tuple[str | None, str | None]:
+    """``(name, hash)`` of :func:`checkpoint_title`'s string; a string without ``[hash]`` may be either, so it is
+    returned as both."""
+    text = (title or "").strip()
+    if not text:
+        return None, None
+    found = _TITLE.fullmatch(text)
+    if found is None:
+        return text, text
+    return found["name"], found["hash"]

@@ -8,7 +8,7 @@ import pytest
 
 from bot.checkpoints import CheckpointCatalog, legacy_name
 from bot.config import CheckpointEntry, CheckpointSettings, ModelSettings, Settings
-from engine.checkpoints import HashCache
+from engine.checkpoints import HashCache, checkpoint_title, split_checkpoint_title
 from tests.engine.checkpoints.files import write_sd1
 
 
@@ -87,3 +87,28 @@ def test_a_config_entrys_vae_is_found_in_the_vae_folder_or_refuses_the_checkpoin
     assert catalog.entries["missingVae"].refusal == (
         f"its VAE `gone.safetensors` does not exist (looked in `{vae_folder}`); put the file there or fix "
         "`checkpoints.models.missingVae.vae`")
+
+
+def test_a_recorded_title_matches_a_renamed_checkpoint_by_its_hash_and_older_records_still_match(folder: Path) -> None:
+    catalog = CheckpointCatalog.build(settings(folder))
+    real = catalog.entries["realTiny"]
+    assert real.hashes is not None
+    title = checkpoint_title("realTiny-before-it-was-renamed", real.hashes.autov2)
+    assert title == f"realTiny-before-it-was-renamed [{real.hashes.autov2}]"
+    assert catalog.trained_on_record(title) is real  # the name no longer matches; the hash does
+    assert catalog.trained_on_record("anime_anythingTiny [0123456789]") is catalog.entries["anythingTiny"]
+    assert catalog.trained_on_record("anime_anythingTiny") is catalog.entries["anythingTiny"]  # a name alone
+    assert catalog.trained_on_record(real.hashes.autov1) is real  # a hash alone (older A1111 files)
+    assert catalog.trained_on_record(None) is None and catalog.trained_on_record("v1-5-pruned-emaonly") is None
+
+
+@pytest.mark.parametrize(("name", "recorded", "title", "split"), [
+    ("v1-5-pruned-emaonly", "6ce0161689", "v1-5-pruned-emaonly [6ce0161689]", ("v1-5-pruned-emaonly", "6ce0161689")),
+    ("anything [v3]", "e1441589", "anything [v3] [e1441589]", ("anything [v3]", "e1441589")),
+    ("", "e1441589", "e1441589", ("e1441589", "e1441589")),
+    (" sd15 ", None, "sd15", ("sd15", "sd15")),
+    (None, "", None, (None, None)),
+])
+def test_checkpoint_titles_round_trip(name, recorded, title, split) -> None:
+    assert checkpoint_title(name, recorded) == title
+    assert split_checkpoint_title(title) == split

@@ -94,7 +94,7 @@ async def test_admin_adds_by_attachment_and_members_see_it(hc: Harness) -> None:
     assert embed["title"] == "pub_zoo_relu" and embed["description"] == "crimson ink"
     assert fields["Use it"] == "`<hypernet:pub_zoo_relu:0.8>` in an /imagine prompt"
     assert (fields["Sizes"], fields["Layer structure"], fields["Activation"]) == ("320", "[1, 0.025, 1]", "relu")
-    assert fields["Trained on"] == "`v1-5-pruned-emaonly`, not installed here (renders use the default model)"
+    assert fields["Trained on"] == "`v1-5-pruned-emaonly [6ce0161689]`, not installed here (renders use the default model)"
     assert fields["Trigger words"] == "red"
     assert fields["Scope"] == "this server only" and fields["Default multiplier"] == "0.8"
     assert fields["Added"].startswith(f"by <@{fake.member_manager.id}>, <t:")

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from engine.checkpoints.hashes import checkpoint_title
 from engine.intake.base import IntakeRefused, MiB, damaged
 from engine.intake.identify import identify_loaded, refusal
 from engine.intake.ingest import UNET_WIDTHS
@@ -106,10 +107,15 @@ def summarize(hn: Any) -> dict[str, Any]:
         "sizes": [int(s) for s in hn.sizes],
         "layer_structure": [float(x) for x in meta["layer_structure"]],
         "activation": activation,
-        "base_model": meta.get("sd_checkpoint_name") or meta.get("sd_checkpoint") or None,
+        "base_model": checkpoint_title(_text(meta.get("sd_checkpoint_name")), _text(meta.get("sd_checkpoint"))),
         "nbytes": int(hn.nbytes),
         "warnings": warnings,
     }
+
+
+def _text(value: object) -> str | None:
+    """A metadata string as recorded (A1111 writes str), bounded; anything else counts as not recorded."""
+    return value.strip()[:200] or None if isinstance(value, str) else None
 
 
 def _load_safetensors(limit: int, weight_cap: int) -> Any:

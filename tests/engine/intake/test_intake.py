@@ -42,7 +42,7 @@ def test_a1111_file_is_stored_canonically_under_its_sha256(stored: tuple[Path, I
     assert result.sizes == (320,)
     assert result.layer_structure == (1.0, 0.025, 1.0)
     assert result.activation == "gelu"  # the opened file's, not the tanh file now at its name
-    assert result.base_model == "v1-5-pruned-emaonly"
+    assert result.base_model == "v1-5-pruned-emaonly [6ce0161689]"  # A1111's checkpoint title: name and hash
     assert result.suggested_name == "pub_zoo_gelu"
     assert result.already_stored is False and result.warnings == ()
 
