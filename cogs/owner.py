@@ -59,17 +59,22 @@ async def collect_figures(bot: HypercordBot) -> dict[str, Any]:
         "guilds": len(bot.guilds), "accepting_jobs": bot.jobs.accepting,
         "checkpoints": [dict(c) for c in engine["checkpoints"]], "checkpoint_loads": engine["checkpoint_loads"],
         "workers": [{key: worker[key] for key in ("name", "state", "device", "checkpoint", "max_batch", "jobs_done",
-                                                  "heartbeat_age_s", "host")} for worker in engine["workers"]],
+                                                  "heartbeat_age_s", "host")}
+                    | {"on_device": [c["name"] for c in worker["checkpoints"] if c["on_device"]]}
+                    for worker in engine["workers"]],
     }
 
 
 def worker_lines(workers: list[dict[str, Any]], limit: int = 1024) -> str:
-    """One line per worker (name, state, device, model, batch, jobs done, last heartbeat), within ``limit`` chars."""
+    """One line per worker (name, state, device, model, batch, jobs done, last heartbeat, the checkpoints it holds on
+    its device when it says), within ``limit`` chars."""
     lines = []
     for w in workers:
         beat = "—" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.0f}s ago"
+        held = ", ".join(f"`{name[:30]}`" for name in w.get("on_device", [])[:4])
         lines.append(f"`{w['name'][:40]}` {w['state']} · {w['device'] or '—'} · `{w['checkpoint'][:40]}` · "
-                     f"batch {w['max_batch']} · {w['jobs_done']} done · heartbeat {beat}")
+                     f"batch {w['max_batch']} · {w['jobs_done']} done · heartbeat {beat}"
+                     + (f" · holds {held}" if held else ""))
     text = ""
     for i, line in enumerate(lines):
         note = f"\n… and {len(lines) - i} more"

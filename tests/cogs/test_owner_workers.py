@@ -48,3 +48,9 @@ def test_a_compiling_worker_shows_its_unet_calls_and_an_eager_one_does_not() -> 
     fields = {f.name: f.value for f in status_embed(compiling).fields}
     assert fields["Speed"] == "0.00 images/s\n0 ms/step\nUNet: 120 compiled, 3 eager calls, 1 layouts to compile"
     assert eager["Speed"] == "0.00 images/s\n0 ms/step"
+
+
+def test_a_line_names_the_checkpoints_its_worker_holds_on_its_device() -> None:
+    held = worker("gpu-a") | {"on_device": ["sd15", "anythingV3"]}
+    assert worker_lines([held]) == ("`gpu-a` ready · cuda:1 · `sd15` · batch 4 · 17 done · heartbeat 1s ago · holds "
+                                    "`sd15`, `anythingV3`")
