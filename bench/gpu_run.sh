@@ -11,12 +11,18 @@
 # The run ends within BENCH_TOTAL_S (default 470 s, under 8 minutes): installing is capped at 90 s and the
 # benchmark gets the rest minus a margin; it skips sections that would overrun and rewrites its JSON after every
 # measurement, so a run killed at the limit still reports what it finished.
-# Environment: PYTHON (default python3), HYPERCORD_WHEELS (default build/gpu-wheels), OUT (default build/bench-out),
+# Environment: PYTHON (default: .venv/bin/python for plan/prepare when it exists, else python3), HYPERCORD_WHEELS (default build/gpu-wheels), OUT (default build/bench-out),
 # BENCH_TOTAL_S, BENCH_ALLOW_CPU=1 (let the run mode start without CUDA, for --smoke checks).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-python3}"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then  # plan/prepare read this checkout's environment; the run uses the device's own Python
+    case "${1:-}" in
+        plan|prepare) [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python" || PY=python3 ;;
+        *) PY=python3 ;;
+    esac
+fi
 WHEELS="${HYPERCORD_WHEELS:-$ROOT/build/gpu-wheels}"
 OUT_DIR="${OUT:-$ROOT/build/bench-out}"
 TOTAL_S="${BENCH_TOTAL_S:-470}"
