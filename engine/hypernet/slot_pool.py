@@ -188,6 +188,10 @@ class HypernetSlotPool:
     def minimal_layout(self, chains: Sequence[Chain]) -> Layout | None:
         return minimal_layout(chains, self.dims, min_hidden_ratio=self.min_hidden_ratio)
 
+    def clear(self) -> None:
+        """Drop every bucket's slot tensors (their device memory); they are rebuilt on next use."""
+        self._buckets.clear()
+
     def get(self, rows: int, layout: Layout) -> StaticHypernets:
         """The slots of ``layout`` for ``rows`` rows, created on first use (evicting the least recently used)."""
         bucket = self._buckets.setdefault(rows, OrderedDict())

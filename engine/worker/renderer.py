@@ -155,6 +155,8 @@ class Renderer:
     def move(self, on_device: bool) -> None:
         """Move the weights to the device (``True``) or park them in CPU memory (``False``; nothing renders then)."""
         target = self.device if on_device else torch.device("cpu")
+        if not on_device:
+            self.unet_runner.release()  # its slot tensors and graphs live on the device too
         for module in (self.unet, self.vae, self.text_encoder):
             module.to(target)
 

@@ -263,6 +263,17 @@ class UNetRunner:
             done += 1
         return done
 
+    def release(self) -> None:
+        """Give back the device memory this runner holds beyond the UNet (the model is being parked in CPU memory):
+        slot tensors, cached eager plans, compiled callables.  Graphs that were ready are queued again, so an idle
+        worker recompiles them once the model is back (from the persistent cache when there is one)."""
+        self.pending.update(dict.fromkeys(sorted(self._ready, key=_describe)))
+        self._ready.clear()
+        self._compiled.clear()
+        self._eager_hypernets.clear()
+        self._padded = self._prepared = None
+        self.pool.clear()
+
     @property
     def ready(self) -> frozenset[GraphKey]:
         return frozenset(self._ready)

@@ -258,3 +258,17 @@ def test_an_idle_worker_compiles_a_layout_that_ran_eager(unet, nets) -> None:
         worker._work.put(Shutdown())
         waiting.join(30)
     assert got == [Shutdown()] and not runner.pending and len(runner.stats.compiles) == 1
+
+
+def test_a_parked_models_runner_gives_its_slots_back_and_queues_its_graphs_again(unet, nets) -> None:
+    runner = UNetRunner(unet, device="cpu", hypernet_dtype=torch.float32,
+                        settings=CompileSettings(enabled=True, backend="eager", buckets=(2,), compile_on_first_use=True))
+    x, t, text = inputs(2, seed=9)
+    chains = [[(nets[0], 0.5)], []]
+    with torch.no_grad():
+        before = runner(x, t, text, chains)
+        assert len(runner.ready) == 1 and runner.pool._buckets
+        runner.release()  # what Renderer.move(False) does
+        assert not runner.ready and len(runner.pending) == 1 and not runner.pool._buckets
+        assert runner.compile_pending(1) == 1 and len(runner.ready) == 1  # the idle worker, once the model is back
+        torch.testing.assert_close(runner(x, t, text, chains), before, atol=0, rtol=0)
