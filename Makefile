@@ -32,8 +32,9 @@ install-redis:
 run: install-run
 	$(PY) -m bot
 
-# Two pytest processes (whole files each, so a module's bot or worker is started once): the suite's worker-backed and
-# end-to-end tiers mostly wait on subprocesses, so two of them share CI's two cores well.
+# Two pytest processes, each taking whole modules (the end-to-end scenarios together; tests/conftest.py), so a
+# module's bot or worker is started once: the worker-backed and end-to-end tiers mostly wait on subprocesses, so two
+# processes share CI's two cores well.
 test: install-test install-redis
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 	$(VENV)/bin/ruff check .
