@@ -55,6 +55,7 @@ async def collect_figures(bot: HypercordBot) -> dict[str, Any]:
         "hypernet_cache_bytes": engine["cache_bytes"], "hypernet_cache": list(engine["cache_contents"]),
         "worker_restarts": engine["restarts"], "unet_compiled_calls": engine["unet_compiled_calls"],
         "unet_eager_calls": engine["unet_eager_calls"], "unet_pending_layouts": engine["unet_pending_layouts"],
+        "unet_compile_failure": engine["unet_compile_failure"],
         "uptime_s": round(time.time() - bot.started_at, 1),
         "guilds": len(bot.guilds), "accepting_jobs": bot.jobs.accepting,
         "checkpoints": [dict(c) for c in engine["checkpoints"]], "checkpoint_loads": engine["checkpoint_loads"],
@@ -108,7 +109,9 @@ def status_embed(figures: dict[str, Any]) -> discord.Embed:
                     f"{figures['running']} running")
     embed.add_field(name="Last hour", value=f"{done} done, {failed} failed, {jobs.get('cancelled', 0)} cancelled")
     speed = f"{figures['images_per_s']:.2f} images/s\n{figures['avg_step_ms']:.0f} ms/step"
-    if figures["unet_compiled_calls"] or figures["unet_pending_layouts"]:  # a compiling (GPU) worker
+    if figures["unet_compile_failure"]:  # compiling was on and failed: say so, the log has the error
+        speed += f"\nUNet: eager — {figures['unet_compile_failure'][:200]} (see the worker's log)"
+    elif figures["unet_compiled_calls"] or figures["unet_pending_layouts"]:  # a compiling (GPU) worker
         speed += (f"\nUNet: {figures['unet_compiled_calls']} compiled, {figures['unet_eager_calls']} eager calls, "
                   f"{figures['unet_pending_layouts']} layouts to compile")
     embed.add_field(name="Speed", value=speed)

@@ -185,6 +185,7 @@ class Health:
     unet_compiled_calls: int = 0  # UNet calls that ran a compiled graph (engine/worker/unet_runner.py)
     unet_eager_calls: int = 0  # ... that ran eager (compiling off, LoRAs, a layout waiting for an idle compile)
     unet_pending_layouts: int = 0  # hypernet layouts met that wait for an idle moment to compile
+    unet_compile_failure: str = ""  # why compiling was turned off on this worker ("" = it was not)
     checkpoints: tuple[ResidentCheckpoint, ...] = ()
     checkpoint_loads: int = 0
 

@@ -162,7 +162,8 @@ class EngineClient(JobBook):
             workers=(self._worker_status(),), checkpoints=self._resident, checkpoint_loads=self._checkpoint_loads,
             unet_compiled_calls=health.unet_compiled_calls if health else 0,
             unet_eager_calls=health.unet_eager_calls if health else 0,
-            unet_pending_layouts=health.unet_pending_layouts if health else 0)
+            unet_pending_layouts=health.unet_pending_layouts if health else 0,
+            unet_compile_failure=health.unet_compile_failure if health else "")
 
     def _max_batch(self) -> int:
         """Images per batch: what the worker asked for in its Hello (auto resolved for its device), else the config's."""

@@ -56,5 +56,6 @@ class EngineStatus:
     unet_compiled_calls: int = 0  # UNet calls that ran a compiled graph (engine/worker/unet_runner.py)
     unet_eager_calls: int = 0
     unet_pending_layouts: int = 0  # hypernet layouts waiting for an idle moment to be compiled
+    unet_compile_failure: str = ""  # why the worker stopped compiling ("" = it did not)
     checkpoints: tuple[ResidentCheckpoint, ...] = ()  # checkpoints the worker holds (the local transport)
     checkpoint_loads: int = 0  # checkpoints it loaded from disk since it started

@@ -165,7 +165,8 @@ class Worker:
                       hypernet_cache_names=names, checkpoints=self._resident, checkpoint_loads=self._pool.loads,
                       unet_compiled_calls=stats.compiled_calls if stats else 0,
                       unet_eager_calls=stats.eager_calls if stats else 0,
-                      unet_pending_layouts=len(self._runner.pending) if self._runner is not None else 0)
+                      unet_pending_layouts=len(self._runner.pending) if self._runner is not None else 0,
+                      unet_compile_failure=stats.compile_failure if stats else "")
 
     def _is_cancelled(self, job_id: int) -> bool:
         with self._cancel_lock:

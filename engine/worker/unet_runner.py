@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -56,6 +56,7 @@ class RunnerStats:
     recompile_fallbacks: int = 0
     padded_rows: int = 0
     compiles: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds)
+    compile_failure: str = ""  # why compiling was turned off for good (a compiler that fails on this machine)
 
 
 class UNetRunner:
@@ -120,10 +121,21 @@ class UNetRunner:
             if out is not None:
                 self.stats.compiled_calls += 1
                 return out[:rows]
-        else:
+        elif self.settings.enabled:  # (not when the compile just attempted failed)
             self.pending[key] = None
             self.stats.pending_calls += 1
         return self._unet(self.unet, xp, tp, cp, slots)[:rows]
+
+    def _turn_off(self, what: str, exc: BaseException) -> None:
+        """Stop compiling for good: this machine's compiler (Triton, a driver, a torch bug) cannot do it, and an
+        eager UNet renders the same images.  Logged once with the error; ``/status`` then shows no compiled calls."""
+        log.error("%s; the UNet runs eager from now on (set engine.compile = \"off\" to skip the attempt): %s",
+                  what, (str(exc).splitlines() or [type(exc).__name__])[0][:500], exc_info=exc)
+        self.settings = replace(self.settings, enabled=False)
+        self.stats.compile_failure = f"{what}: {type(exc).__name__}"
+        self.pending.clear()
+        self._ready.clear()
+        self._compiled.clear()
 
     def _eager(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, chains: Sequence[Chain]) -> torch.Tensor:
         """Today's path: one PerSampleHypernets per distinct chain set (reused across steps, so the text cache hits)."""
@@ -171,9 +183,12 @@ class UNetRunner:
                 if cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 out = self._unet(fn, x, t, context, slots)
+        except torch.cuda.OutOfMemoryError:
+            raise
         except RuntimeError as exc:
             if "Detected recompile" not in str(exc):
-                raise
+                self._turn_off(f"the compiled UNet failed for {_describe(key)}", exc)
+                return None
             log.warning("compiled UNet would recompile for %s; running eager and queueing it: %s",
                         _describe(key), str(exc).splitlines()[0])
             self._ready.discard(key)
@@ -198,13 +213,19 @@ class UNetRunner:
         """Compile (and for CUDA graphs record) the graph of ``key`` with these inputs; seconds taken."""
         started = time.perf_counter()
         cudagraphs = self._uses_cudagraphs(key[0])
-        fn = self._compiled_fn(cudagraphs)
-        for _ in range(3 if cudagraphs else 1):  # CUDA graph trees warm up, then record
-            if cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            self._unet(fn, x, t, context, slots)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        try:
+            fn = self._compiled_fn(cudagraphs)
+            for _ in range(3 if cudagraphs else 1):  # CUDA graph trees warm up, then record
+                if cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                self._unet(fn, x, t, context, slots)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # any compiler failure: render eager rather than not at all
+            self._turn_off(f"compiling the UNet for {_describe(key)} failed", exc)
+            return 0.0
         seconds = time.perf_counter() - started
         self._ready.add(key)
         self.pending.pop(key, None)
@@ -250,14 +271,18 @@ class UNetRunner:
                 for count in tokens:
                     for layout in layouts:
                         key: GraphKey = (bucket, layout, ((channels, height, width), count, dtype))
+                        if not self.settings.enabled:  # a compile failed: no point in trying the others
+                            return done
                         if key not in self._ready:
-                            done.append((_describe(key), round(self._compile_key(key), 3)))
+                            seconds = self._compile_key(key)
+                            if key in self._ready:
+                                done.append((_describe(key), round(seconds, 3)))
         return done
 
     def compile_pending(self, limit: int = 1) -> int:
         """Compile up to ``limit`` layouts that ran eager for want of a graph (call when idle); how many were done."""
         done = 0
-        while self.pending and done < limit:
+        while self.pending and done < limit and self.settings.enabled:
             key = next(iter(self.pending))
             self._compile_key(key)
             done += 1

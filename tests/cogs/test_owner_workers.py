@@ -17,7 +17,7 @@ def figures(workers: list[dict[str, Any]]) -> dict[str, Any]:
             "users_waiting": 0, "jobs_last_hour": {}, "images_per_s": 0.0, "avg_step_ms": 0.0, "vram_used_bytes": 0,
             "hypernet_cache_bytes": 0, "hypernet_cache": [], "worker_restarts": 0, "uptime_s": 5.0, "guilds": 1,
             "accepting_jobs": True, "workers": workers, "unet_compiled_calls": 0, "unet_eager_calls": 0,
-            "unet_pending_layouts": 0}
+            "unet_pending_layouts": 0, "unet_compile_failure": ""}
 
 
 def test_each_worker_gets_a_line() -> None:
@@ -48,6 +48,9 @@ def test_a_compiling_worker_shows_its_unet_calls_and_an_eager_one_does_not() -> 
     fields = {f.name: f.value for f in status_embed(compiling).fields}
     assert fields["Speed"] == "0.00 images/s\n0 ms/step\nUNet: 120 compiled, 3 eager calls, 1 layouts to compile"
     assert eager["Speed"] == "0.00 images/s\n0 ms/step"
+    failed = compiling | {"unet_compile_failure": "compiling the UNet for 2 rows failed: RuntimeError"}
+    assert {f.name: f.value for f in status_embed(failed).fields}["Speed"] == (
+        "0.00 images/s\n0 ms/step\nUNet: eager — compiling the UNet for 2 rows failed: RuntimeError (see the worker's log)")
 
 
 def test_a_line_names_the_checkpoints_its_worker_holds_on_its_device() -> None:

@@ -272,3 +272,28 @@ def test_a_parked_models_runner_gives_its_slots_back_and_queues_its_graphs_again
         assert not runner.ready and len(runner.pending) == 1 and not runner.pool._buckets
         assert runner.compile_pending(1) == 1 and len(runner.ready) == 1  # the idle worker, once the model is back
         torch.testing.assert_close(runner(x, t, text, chains), before, atol=0, rtol=0)
+
+
+def test_a_compiler_that_fails_on_this_machine_turns_compiling_off_and_renders_eager(unet, nets, monkeypatch,
+                                                                                     caplog) -> None:
+    """Stands in for a GPU box whose Triton or driver cannot compile: the worker must render, not crash-loop."""
+    import engine.worker.unet_runner as runner_module
+
+    def broken_compiler(*_: object, **__: object):
+        def fails(*_: object, **__: object):
+            raise RuntimeError("triton: no usable compiler on this machine")
+        return fails
+
+    monkeypatch.setattr(runner_module, "compiled_unet", broken_compiler)
+    runner = UNetRunner(unet, device="cpu", hypernet_dtype=torch.float32,
+                        settings=CompileSettings(enabled=True, backend="eager", buckets=(2, 4)))
+    x, t, text = inputs(2, seed=11)
+    chains = [[(nets[0], 0.5)], []]
+    with torch.no_grad():
+        assert runner.warm_up([(8, 8)], dtype=torch.float32) == []  # the first compile fails: no others tried
+        got = runner(x, t, text, chains)
+        want = reference(unet, x, t, text, chains)
+    assert not runner.settings.enabled and not runner.pending and runner.compile_pending(1) == 0
+    assert runner.stats.compile_failure.startswith("compiling the UNet for 2 rows") and runner.stats.eager_calls == 1
+    assert "the UNet runs eager from now on" in caplog.text
+    torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)
