@@ -58,7 +58,7 @@ def build_store(store: Path, fixtures: Path, limit: int) -> list[HypernetRef]:
 async def run(max_batch: int, args: argparse.Namespace, store: Path, refs: list[HypernetRef]) -> dict[str, float]:
     config = WorkerConfig(checkpoint=args.checkpoint, device=args.device, max_batch=max_batch, model_store_dir=str(store),
                           progress_interval_s=1.0, hypernet_cache_bytes=1 << 30,
-                          compile=getattr(args, "compile", "off"))  # eager unless asked: a warm-up takes minutes
+                          compile="off")  # eager: a compiled worker's warm-up alone would take minutes
     transport = LocalWorkers(extra_env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     client = EngineClient(config, transport=transport, max_queue=10_000, max_per_user=10_000, heartbeat_timeout_s=120.0)
     await client.start()

@@ -103,3 +103,11 @@ def test_the_hash_cache_is_used_only_where_the_worker_can_write_it(tmp_path):
     assert hash_cache(WorkerConfig(checkpoint_hash_cache=str(tmp_path / "absent" / "hashes.json"))) is None
     found = hash_cache(WorkerConfig(checkpoint_hash_cache=str(tmp_path / "hashes.json")))
     assert found is not None and found.path == tmp_path / "hashes.json"
+
+
+def test_each_resident_checkpoint_has_its_own_lora_cache():
+    """LoRAs are mapped onto one model's modules: a cache shared by two checkpoints would apply one model's
+    mapping to the other (the render test cannot see it: tiny and tiny-b have the same layout)."""
+    p, _ = pool()
+    base, anime = p.get("base"), p.get("anime")
+    assert base.loras is not anime.loras and p.get("base").loras is base.loras  # kept while resident
