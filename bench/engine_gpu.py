@@ -171,7 +171,7 @@ def ops_and_graphs(unet: Any, net_list: list[Any], rows: int, latent: int, devic
 
 def worker_path(parts: Any, net_list: list[Any], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The real EngineClient + worker process, eager (a compiled worker's warm-up would not fit the budget), 8 images
-    per batch."""
+    per batch, pipelined (the default) and not, in the same run."""
     from engine_throughput import run
 
     from engine.hypernet import save_canonical
@@ -190,7 +190,10 @@ def worker_path(parts: Any, net_list: list[Any], args: argparse.Namespace, devic
             refs.append(HypernetRef(name=net.name, sha256=digest, multiplier=0.8))
         ns = argparse.Namespace(users=args.users, jobs=args.worker_jobs, steps=args.steps, size=args.size,
                                 checkpoint=str(folder), device=str(device))
-        return asyncio.run(run(8, ns, store, refs))
+        out = asyncio.run(run(8, ns, store, refs))
+        out["unpipelined"] = asyncio.run(run(8, ns, store, refs, pipeline=False))  # the same, each batch sent when idle
+        out["pipeline_speedup"] = round(out["images_per_s"] / out["unpipelined"]["images_per_s"], 3)
+        return out
 
 
 def summary(sections: dict[str, Any], users: int) -> dict[str, Any]:
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if f"users{args.users}_hypernets" in got and "images_per_s" in ref:
             got["speedup_vs_diffusers"] = round(got[f"users{args.users}_hypernets"]["images_per_s"] / ref["images_per_s"], 3)
     if "worker" not in skip:
-        report.run("worker_eager", 90, lambda: worker_section(parts, net_list, args, device, report))
+        report.run("worker_eager", 140, lambda: worker_section(parts, net_list, args, device, report))
     report.data["summary"] = summary(report.data["sections"], args.users)
     report.save()
     print(json.dumps(report.data))

@@ -1,9 +1,9 @@
 """Engine throughput on the CPU with the tiny model: cross-user batching against one job at a time.
 
 K users each queue M jobs, every job with a different hypernet (cycled from the fixture files), all at
-once; the same workload runs through a real EngineClient + worker with ``max_batch`` 4 and with 1, in
-the same run.  Prints one JSON line: images/s for each, their ratio, per-job latency p50/p95 (submit to
-result) and the command that produced it.
+once; the same workload runs through a real EngineClient + worker with ``max_batch`` 4 and with 1, and with 4
+but without pipelining (each batch sent only once the worker is idle), in the same run.  Prints one JSON line:
+images/s for each, the ratios, per-job latency p50/p95 (submit to result) and the command that produced it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/engine_throughput.py --users 4 --jobs 3
 """
@@ -55,12 +55,14 @@ def build_store(store: Path, fixtures: Path, limit: int) -> list[HypernetRef]:
     return refs
 
 
-async def run(max_batch: int, args: argparse.Namespace, store: Path, refs: list[HypernetRef]) -> dict[str, float]:
+async def run(max_batch: int, args: argparse.Namespace, store: Path, refs: list[HypernetRef], *,
+              pipeline: bool = True) -> dict[str, float]:
     config = WorkerConfig(checkpoint=args.checkpoint, device=args.device, max_batch=max_batch, model_store_dir=str(store),
                           progress_interval_s=1.0, hypernet_cache_bytes=1 << 30,
                           compile="off")  # eager: a compiled worker's warm-up alone would take minutes
     transport = LocalWorkers(extra_env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    client = EngineClient(config, transport=transport, max_queue=10_000, max_per_user=10_000, heartbeat_timeout_s=120.0)
+    client = EngineClient(config, transport=transport, max_queue=10_000, max_per_user=10_000, heartbeat_timeout_s=120.0,
+                          pipeline=pipeline)
     await client.start()
     ids = itertools.count(1)
     nets = itertools.cycle(refs or [None])
@@ -90,6 +92,7 @@ async def run(max_batch: int, args: argparse.Namespace, store: Path, refs: list[
     lat = sorted(latencies)
     return {
         "max_batch": max_batch,
+        "pipeline": pipeline,
         "images": len(lat),
         "wall_s": round(wall, 3),
         "images_per_s": round(len(lat) / wall, 3),
@@ -121,6 +124,7 @@ def main() -> None:
         refs = [] if args.no_hypernets else build_store(store, args.fixtures, args.users * args.jobs)
         batched = asyncio.run(run(4, args, store, refs))
         single = asyncio.run(run(1, args, store, refs))
+        unpipelined = asyncio.run(run(4, args, store, refs, pipeline=False))
     print(json.dumps({
         "bench": "engine_throughput",
         "device": args.device,
@@ -132,7 +136,9 @@ def main() -> None:
         "distinct_hypernets": len(refs),
         "batched": batched,
         "one_by_one": single,
+        "batched_unpipelined": unpipelined,
         "speedup": round(batched["images_per_s"] / single["images_per_s"], 3),
+        "pipeline_speedup": round(batched["images_per_s"] / unpipelined["images_per_s"], 3),
         "command": " ".join(shlex.quote(a) for a in ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", ""),
                                                      "python", *sys.argv]),
     }))

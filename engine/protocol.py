@@ -21,6 +21,7 @@ __all__ = [
     "TERMINAL_EVENTS",
     "BatchClaimed",
     "BatchDone",
+    "BatchRendered",
     "Cancel",
     "CheckpointSpec",
     "Envelope",
@@ -223,6 +224,19 @@ class Failure:
     message: str
     hint: str = ""
     retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRendered:
+    """The device work of a ``SubmitBatch`` is over (denoised and decoded); its PNGs are being encoded, its Results
+    and then its ``BatchDone`` follow.
+
+    Why: a client that waits for ``BatchDone`` before choosing the next batch leaves the device idle while PNGs are
+    encoded and sent; on this message the local client sends the next batch at once, and it still chooses that
+    batch as late as it can (jobs that arrived during this one's denoising can join it).
+    """
+
+    batch_id: int
 
 
 @dataclass(frozen=True, slots=True)

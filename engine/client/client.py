@@ -3,12 +3,17 @@
 Why it looks like this: the bot's event loop must never wait on the GPU.  Every public method returns
 at once; the transport (:mod:`engine.client.transport`; by default a child process on a socket pair,
 :mod:`engine.client.local_worker`) delivers the worker's messages into an asyncio queue.  One supervisor task
-owns the worker's life: start it through the transport, feed it one batch at a time from the fair queue,
-ping it, and when it exits or stops answering kill it, re-queue its in-flight jobs once at the front (each
-then runs alone) and start a new one with backoff.
-A batch that runs past ``job_timeout_s`` is treated differently: the worker still answers pings (its
-reader thread does) but the render is stuck, so the client kills it and fails that batch's jobs with
-``timeout`` instead of re-queuing them — a job that hung the device once would hang it again.
+owns the worker's life: start it through the transport, feed it batches from the fair queue, ping it, and when it
+exits or stops answering kill it, re-queue its in-flight jobs once at the front (each then runs alone) and start a
+new one with backoff.
+
+Batches are sent one ahead (``pipeline``): the next batch goes out when the worker says ``BatchRendered`` for the
+current one (its device work is over, its PNGs are still being encoded and sent), so the worker starts it without
+a round trip and the device does not wait for the PNG encoder; it is still chosen as late as it can be, so a job
+that arrived while the current batch denoised joins it.  :mod:`engine.client.in_flight` keeps the books.
+A batch that runs past ``job_timeout_s`` (counted from when the worker can start it) is treated differently: the
+worker still answers pings (its reader thread does) but the render is stuck, so the client kills it and fails that
+batch's jobs with ``timeout`` instead of re-queuing them — a job that hung the device once would hang it again.
 
 Torch-free: imports only the protocol, the fair queue, the transport and the errors.
 """
@@ -22,7 +27,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from engine.client.fair_queue import AFFINITY_WAIT_S, QueuedJob, preferred_checkpoints
+from engine.client.fair_queue import AFFINITY_WAIT_S, preferred_checkpoints
+from engine.client.in_flight import InFlight
 from engine.client.jobbook import JobBook
 from engine.client.local_worker import LocalWorkers
 from engine.client.outcomes import crashed_twice, timed_out
@@ -32,6 +38,7 @@ from engine.errors import WorkerUnavailable
 from engine.protocol import (
     PROTOCOL_VERSION,
     BatchDone,
+    BatchRendered,
     Cancel,
     Failure,
     FailureKind,
@@ -61,11 +68,12 @@ class EngineClient(JobBook):
                  max_per_user: int = 4, heartbeat_interval_s: float = 2.0, heartbeat_timeout_s: float = 20.0,
                  start_timeout_s: float = 300.0, job_timeout_s: float = 600.0,
                  restart_backoff: Sequence[float] = (0.5, 2.0, 5.0, 15.0, 60.0),
-                 affinity_wait_s: float = AFFINITY_WAIT_S) -> None:
+                 affinity_wait_s: float = AFFINITY_WAIT_S, pipeline: bool = True) -> None:
         """``transport`` starts workers (default: child processes, :class:`LocalWorkers`).
 
-        ``job_timeout_s`` bounds one batch's wall-clock time on the worker, from ``SubmitBatch`` to ``BatchDone``.
-        It is a public attribute: a new value applies from the next batch dispatched.
+        ``job_timeout_s`` bounds one batch's wall-clock time on the worker, to its ``BatchDone``, from when it was
+        sent to an idle worker or the batch before it was done.  It is a public attribute: a new value applies from
+        the next batch dispatched.  ``pipeline=False`` sends a batch only to an idle worker (for comparisons).
         """
         if job_timeout_s <= 0:
             raise ValueError(f"job_timeout_s must be positive; got {job_timeout_s}")
@@ -76,9 +84,7 @@ class EngineClient(JobBook):
         self._hb_interval, self._hb_timeout = heartbeat_interval_s, heartbeat_timeout_s
         self._start_timeout = start_timeout_s
         self._backoff = tuple(restart_backoff) or (1.0,)
-        self._batch: dict[int, QueuedJob] = {}  # jobs of the worker's current batch not yet answered, by id
-        self._batch_id: int | None = None  # the batch the worker is on (None = idle)
-        self._batch_deadline = 0.0  # monotonic time by which the current batch must be done
+        self._flight = InFlight(depth=2 if pipeline else 1)  # batches sent to the worker and not done
         self._batch_ids = itertools.count(1)
         self._link: WorkerLink | None = None
         self._hello: Hello | None = None
@@ -116,7 +122,7 @@ class EngineClient(JobBook):
         self._accepting = False
         self._fail_queued_for_shutdown()
         deadline = time.monotonic() + grace_s
-        while self._batch_id is not None and self._link is not None and time.monotonic() < deadline:
+        while self._flight.batches and self._link is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._stopping = True
         link = self._link
@@ -128,11 +134,9 @@ class EngineClient(JobBook):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in list(self._batch.values()):
+        for job in self._flight.clear():
             self._terminal(job, Failure(job.job_id, FailureKind.SHUTDOWN, "The image engine stopped before this job "
                                         "finished.", hint="Please submit it again in a moment.", retryable=True))
-        self._batch.clear()
-        self._batch_id = None
         self._link, self._task, self._state = None, None, "stopped"
 
     # ---- public, non-blocking -------------------------------------------------------------------
@@ -141,7 +145,7 @@ class EngineClient(JobBook):
         """Cancel a queued job now, or ask the worker to stop a running one between steps."""
         if self._cancel_queued(job_id):
             return True
-        if job_id in self._batch and self._link is not None:
+        if job_id in self._flight and self._link is not None:
             self._link.send(Cancel(job_id))
             return True
         return False
@@ -153,7 +157,7 @@ class EngineClient(JobBook):
             checkpoint=hello.checkpoint if hello else self.config.checkpoint, dtype=hello.dtype if hello else "",
             context_dim=hello.context_dim if hello else None,
             attention_widths=hello.attention_widths if hello else (), queue_length=self._queue.queued,
-            running=len(self._batch), users_queued=self._queue.users_queued(), jobs_done=self._done,
+            running=len(self._flight), users_queued=self._queue.users_queued(), jobs_done=self._done,
             jobs_failed=self._failed, images_per_s=self._images_per_s, avg_step_s=self._avg_step_s,
             cache_bytes=health.hypernet_cache_bytes if health else 0,
             vram_used_bytes=health.vram_used_bytes if health else 0,
@@ -173,7 +177,7 @@ class EngineClient(JobBook):
     def _worker_status(self) -> WorkerStatus:
         """The one child worker, in the shape /status lists every worker in."""
         hello = self._hello
-        state = "busy" if self._state == "ready" and self._batch_id is not None else self._state
+        state = "busy" if self._state == "ready" and self._flight.head is not None else self._state
         return WorkerStatus(name="local", state=state, device=hello.device if hello else "",
                             checkpoint=hello.checkpoint if hello else self.config.checkpoint,
                             max_batch=self._max_batch(), jobs_done=self._done,
@@ -236,15 +240,16 @@ class EngineClient(JobBook):
             now = time.monotonic()
             if now - last_seen > self._hb_timeout:
                 return f"worker {self._link.pid} stopped answering for {now - last_seen:.0f}s"
-            if self._batch_id is not None and now >= self._batch_deadline and self._inbox.empty():
+            head = self._flight.head
+            if head is not None and now >= head.deadline and self._inbox.empty():
                 return self._time_out_batch()  # (messages still waiting, e.g. its BatchDone, are read first)
             if now - last_ping >= self._hb_interval:
                 nonce += 1
                 last_ping = now
                 self._link.send(Ping(nonce))
             wake_at = last_ping + self._hb_interval
-            if self._batch_id is not None:
-                wake_at = min(wake_at, self._batch_deadline)
+            if head is not None:
+                wake_at = min(wake_at, head.deadline)
             try:
                 gen, msg = await asyncio.wait_for(self._inbox.get(), max(0.01, wake_at - now))
             except TimeoutError:
@@ -267,33 +272,36 @@ class EngineClient(JobBook):
             self._health = msg
             self._note_resident(msg)
         elif isinstance(msg, Progress):
-            if msg.job_id in self._batch:
+            if msg.job_id in self._flight:
                 self._handles[msg.job_id].emit(msg)
         elif isinstance(msg, Result | Failure):
-            job = self._batch.pop(msg.job_id, None)
+            job = self._flight.answer(msg.job_id)
             if job is not None:
                 self._terminal(job, msg)
-        elif isinstance(msg, BatchDone) and msg.batch_id == self._batch_id:
-            self._batch_id = None
+        elif isinstance(msg, BatchRendered):
+            if self._flight.mark_rendered(msg.batch_id):
+                self._dispatch()
+        elif isinstance(msg, BatchDone):
+            unanswered = self._flight.finish(msg.batch_id, time.monotonic())
+            if unanswered is None:
+                return
             self._note_resident(msg)
             self._count_batch(msg)
-            for job in list(self._batch.values()):  # answered nothing: a worker bug, never hang the user
-                self._batch.pop(job.job_id)
+            for job in unanswered:  # answered nothing: a worker bug, never hang the user
                 self._terminal(job, Failure(job.job_id, FailureKind.INTERNAL, "The engine lost track of this job."))
             self._dispatch()
 
     def _dispatch(self) -> None:
-        if self._batch_id is not None or self._link is None or self._state != "ready" or not self._accepting:
+        if not self._flight.may_send() or self._link is None or self._state != "ready" or not self._accepting:
             return
         jobs = self._queue.next_batch(self._max_batch(),
                                       prefer=preferred_checkpoints(self._resident, self.config.checkpoint,
                                                                    several=bool(self.config.checkpoints)))
         if not jobs:
             return
-        batch_id = self._batch_id = next(self._batch_ids)
-        self._batch_deadline = time.monotonic() + self.job_timeout_s
+        batch_id = next(self._batch_ids)
+        self._flight.add(batch_id, jobs, time.monotonic(), self.job_timeout_s)
         for job in jobs:
-            self._batch[job.job_id] = job
             self._handles[job.job_id].emit(Started(job.job_id, job.attempts, batch_id))
         self._link.send(SubmitBatch(batch_id, tuple(j.request for j in jobs)))
         self._publish_positions()
@@ -302,14 +310,14 @@ class EngineClient(JobBook):
         """The current batch ran too long: fail its jobs (``timeout``, not re-queued); returns why the worker goes.
 
         The caller's ``_on_worker_lost`` then kills the worker (SIGKILL: a stuck kernel ignores anything
-        gentler) and a fresh one is started; the batch is already empty, so nothing is re-queued.
+        gentler) and a fresh one is started; only a batch sent ahead, which never got its turn, is re-queued.
         """
-        assert self._link is not None
-        limit = f"{self.job_timeout_s:g} s"
-        for job in list(self._batch.values()):
-            self._terminal(job, timed_out(job.job_id, self.job_timeout_s))
-        self._batch.clear()
-        return f"batch {self._batch_id} on worker {self._link.pid} ran past the {limit} render time limit"
+        assert self._link is not None and self._flight.head is not None
+        head = self._flight.head
+        for job in self._flight.take_head():
+            self._terminal(job, timed_out(job.job_id, head.time_limit_s))
+        limit = f"{head.time_limit_s:g} s"
+        return f"batch {head.batch_id} on worker {self._link.pid} ran past the {limit} render time limit"
 
     def _on_worker_lost(self, reason: str) -> None:
         """Kill what is left of the worker; re-queue its jobs once (at the front), fail the rest."""
@@ -317,13 +325,11 @@ class EngineClient(JobBook):
         if self._link is not None:
             self._link.kill()
         self._link, self._hello, self._health = None, None, None
-        for job in list(self._batch.values()):
+        for job in self._flight.clear():
             if job.attempts < 2:
                 self._queue.requeue_front(job)
             else:
                 self._terminal(job, crashed_twice(job.job_id))
-        self._batch.clear()
-        self._batch_id = None
         self._publish_positions()
 
     # ---- helpers --------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ that is unknown or fails to load fails only its jobs.
 
 Threads: the main thread loads the default checkpoint at start and runs batches; a reader thread takes messages
 while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
-mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  Because of
+mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  A finishing thread
+(:mod:`engine.worker.finisher`) encodes each batch's PNGs and sends its Results and ``BatchDone``, in order, while the
+main thread goes on: once a batch's device work is over the worker says ``BatchRendered``, the local client sends the
+next batch on it, and that batch denoises while the previous one's images are encoded and sent.  Because of
 that, a render stuck inside the device does not stop the heartbeats; the client bounds each batch's time
 instead (``job_timeout_s``) and kills the worker when it runs past it.
 
@@ -46,6 +49,7 @@ from engine.lora import LoraNetwork
 from engine.protocol import (
     PROTOCOL_VERSION,
     BatchDone,
+    BatchRendered,
     Cancel,
     Envelope,
     Failure,
@@ -65,8 +69,9 @@ from engine.protocol import (
 from engine.worker.checkpoint_pool import CheckpointPool, CheckpointUnavailable
 from engine.worker.compile import auto_max_batch
 from engine.worker.faults import Faults
+from engine.worker.finisher import Finisher
 from engine.worker.hypernet_cache import HypernetCache
-from engine.worker.renderer import Cancelled, Renderer, RequestError
+from engine.worker.renderer import Cancelled, RenderedJob, Renderer, RequestError
 from engine.worker.unet_runner import UNetRunner
 
 __all__ = ["EXIT_DEVICE_ERROR", "EXIT_PROTOCOL", "Endpoint", "Worker"]
@@ -77,6 +82,7 @@ EXIT_DEVICE_ERROR = 70
 EXIT_PROTOCOL = 65
 OOM_HINT = "Try a smaller size or fewer images per request."
 _IDLE_COMPILE_AFTER_S = 2.0  # no batch for this long: compile one UNet layout that ran eager
+_FINISH_GRACE_S = 30.0  # how long an ending worker waits for the Results still being encoded and sent
 
 
 class Endpoint(Protocol):
@@ -107,6 +113,7 @@ class Worker:
         self._cancelled: set[int] = set()
         self._cancel_lock = threading.Lock()
         self._busy = False
+        self._finisher = Finisher()  # PNGs, Results and BatchDone of rendered batches, in order, off the main thread
         self._runner: UNetRunner | None = None  # the renderer's UNet runner, for its figures in Health
         self._cache_snapshot: tuple[int, tuple[str, ...]] = (0, ())
         self._names: dict[str, str] = {}
@@ -161,7 +168,8 @@ class Worker:
         cache_bytes, names = self._cache_snapshot
         vram = int(torch.cuda.memory_allocated()) if self._device_is_cuda else 0
         stats = self._runner.stats if self._runner is not None else None
-        return Health(nonce=nonce, busy=self._busy, vram_used_bytes=vram, hypernet_cache_bytes=cache_bytes,
+        busy = self._busy or self._finisher.pending > 0
+        return Health(nonce=nonce, busy=busy, vram_used_bytes=vram, hypernet_cache_bytes=cache_bytes,
                       hypernet_cache_names=names, checkpoints=self._resident, checkpoint_loads=self._pool.loads,
                       unet_compiled_calls=stats.compiled_calls if stats else 0,
                       unet_eager_calls=stats.eager_calls if stats else 0,
@@ -200,6 +208,7 @@ class Worker:
         while True:
             item = self._next_work()
             if isinstance(item, Shutdown):
+                self._finisher.close(_FINISH_GRACE_S)  # the last batch's Results go out before the process ends
                 return 0
             self._busy = True
             try:
@@ -241,9 +250,11 @@ class Worker:
         with self._cancel_lock:
             self._cancelled.difference_update(r.job_id for r in batch.requests)
         stats = self._stats
-        self.send(BatchDone(batch_id=batch.batch_id, images=stats.images, steps=stats.steps,
-                            step_time_s=stats.step_s, duration_s=time.monotonic() - started,
-                            checkpoints=self._resident, checkpoint_loads=self._pool.loads))
+        self.send(BatchRendered(batch_id=batch.batch_id))  # the device is free: the client may send the next batch
+        done = BatchDone(batch_id=batch.batch_id, images=stats.images, steps=stats.steps, step_time_s=stats.step_s,
+                         duration_s=time.monotonic() - started, checkpoints=self._resident,
+                         checkpoint_loads=self._pool.loads)
+        self._finisher.submit(lambda: self.send(done))  # after the batch's Results, which are queued before it
 
     def _run_group(self, checkpoint: str, live: list[GenerateRequest], cache: HypernetCache[Hypernetwork]) -> None:
         """The jobs of one checkpoint: the model made resident (a load failure fails these jobs only), then rendered."""
@@ -322,8 +333,8 @@ class Worker:
             return set(done)
 
         try:
-            outputs = renderer.generate(requests, merged, loras=loras, embeddings=embeddings, on_step=on_step,
-                                        should_stop=should_stop)
+            rendered = renderer.render(requests, merged, loras=loras, embeddings=embeddings, on_step=on_step,
+                                       should_stop=should_stop)
         except Cancelled:
             for r in requests:
                 if r.job_id not in done:
@@ -354,6 +365,7 @@ class Worker:
         except Exception as exc:
             if _is_device_error(exc):
                 log.critical("device error, exiting so the worker restarts clean: %s", _first_line(exc))
+                self._finisher.drain(_FINISH_GRACE_S)  # earlier batches' Results are CPU work: still deliver them
                 sys.stderr.flush()
                 os._exit(EXIT_DEVICE_ERROR)
             log.exception("render failed")
@@ -362,12 +374,23 @@ class Worker:
                     self._fail(r, FailureKind.INTERNAL, "Rendering failed because of an internal error.")
             return
         by_id = {r.job_id: r for r in requests}
+        finished = [job for job in rendered if job.job_id not in done and job.job_id in by_id]
+        self._stats.images += sum(len(job.images) for job in finished)
+        self._finisher.submit(lambda: self._send_results(renderer, finished, progress.started))
+
+    def _send_results(self, renderer: Renderer, jobs: list[RenderedJob], started: float) -> None:
+        """On the finishing thread: encode the jobs' PNGs and send their Results (a failure fails those jobs only)."""
+        try:
+            outputs = renderer.encode(jobs)
+        except Exception:
+            log.exception("encoding the PNGs failed")
+            for job in jobs:
+                self.send(Failure(job_id=job.job_id, kind=FailureKind.INTERNAL,
+                                  message="Encoding the images failed because of an internal error."))
+            return
         for out in outputs:
-            if out.job_id in done or out.job_id not in by_id:
-                continue
-            self._stats.images += len(out.pngs)
             self.send(Result(job_id=out.job_id, images=tuple(out.pngs), seeds=tuple(out.seeds),
-                             duration_s=time.monotonic() - progress.started, warnings=tuple(out.warnings)))
+                             duration_s=time.monotonic() - started, warnings=tuple(out.warnings)))
 
     def _split(self, renderer: Renderer, requests: list[GenerateRequest],
                nets: Mapping[int, Mapping[str, Hypernetwork]], done: set[int]) -> None:

@@ -2,8 +2,9 @@
 
 Why an endpoint rather than a second worker: :class:`engine.worker.loop.Worker` already renders batches from an
 endpoint (``recv`` / ``send`` of protocol envelopes) and answers pings from a reader thread; over Redis the
-endpoint feeds it the same messages — one ``SubmitBatch`` at a time, only while it is idle, so a busy worker never
-holds work another could start — and routes its answers to the bot that sent the batch.
+endpoint feeds it the same messages — one ``SubmitBatch`` at a time, only once the previous one's ``BatchDone`` is
+sent (its ``BatchRendered`` is not forwarded), so a busy worker never holds work another could start — and routes
+its answers to the bot that sent the batch.
 
 Threads (the batch loop's main thread is never blocked by Redis):
 
@@ -37,6 +38,7 @@ from engine.protocol import (
     PROTOCOL_VERSION,
     BatchClaimed,
     BatchDone,
+    BatchRendered,
     Cancel,
     Envelope,
     Failure,
@@ -231,6 +233,8 @@ class RedisEndpoint:
                                  checkpoint_loads=message.checkpoint_loads)
             self._publish_info()
             return
+        if isinstance(message, BatchRendered):
+            return  # this endpoint takes the next entry only once the batch is done (see the module docstring)
         with self._lock:
             entry = self._entry
         if entry is None:

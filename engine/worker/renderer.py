@@ -69,7 +69,7 @@ from engine.worker.images import PngEncoder, decode_latents
 from engine.worker.unet_model import BatchUNet
 from engine.worker.unet_runner import UNetRunner
 
-__all__ = ["MAX_SEED", "Cancelled", "RenderOutput", "Renderer", "RequestError"]
+__all__ = ["MAX_SEED", "Cancelled", "RenderOutput", "RenderedJob", "Renderer", "RequestError"]
 
 MAX_SEED = 2**64 - 1
 _ENCODERS_KEPT = 8  # prompt encoders of recent embedding sets (one per guild that has embeddings, usually)
@@ -98,6 +98,21 @@ class RenderOutput:
     job_id: int
     images: list[Image.Image]
     pngs: list[bytes]
+    seeds: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RenderedJob:
+    """One request whose device work is over: its decoded images with the ``parameters`` text each PNG will carry.
+
+    Why a stage of its own: PNG encoding is CPU work that need not hold up the device, so the worker hands these to
+    its finishing thread (:meth:`Renderer.encode`) and starts the next batch (``docs/performance.md``).
+    """
+
+    job_id: int
+    images: list[Image.Image]
+    parameters: list[str]
     seeds: list[int]
     warnings: list[str] = field(default_factory=list)
 
@@ -283,6 +298,23 @@ class Renderer:
                  on_step: OnStep | None = None,
                  should_stop: ShouldStop | None = None,
                  on_report: Callable[[StepReport], None] | None = None) -> list[RenderOutput]:
+        """:meth:`render` and :meth:`encode` in one call: the finished requests with their PNGs."""
+        return self.encode(self.render(requests, hypernets, loras=loras, embeddings=embeddings, on_step=on_step,
+                                       should_stop=should_stop, on_report=on_report))
+
+    def encode(self, jobs: Sequence[RenderedJob]) -> list[RenderOutput]:
+        """The PNGs of rendered requests, every image of them encoded together (:class:`PngEncoder`); no device work,
+        so it may run on another thread while the next batch renders."""
+        pngs = iter(self.png_encoder.encode([item for job in jobs for item in zip(job.images, job.parameters,
+                                                                                   strict=True)]))
+        return [RenderOutput(job.job_id, job.images, [next(pngs) for _ in job.images], job.seeds, job.warnings)
+                for job in jobs]
+
+    def render(self, requests: Sequence[GenerateRequest], hypernets: Mapping[str, Hypernetwork], *,
+               loras: Mapping[str, LoraNetwork] | None = None, embeddings: Mapping[str, Embedding] | None = None,
+               on_step: OnStep | None = None,
+               should_stop: ShouldStop | None = None,
+               on_report: Callable[[StepReport], None] | None = None) -> list[RenderedJob]:
         """Render compatible requests (same size, steps and sampler) in one UNet batch; see the module docstring.
 
         ``hypernets`` maps ``HypernetRef.sha256`` to a loaded hypernetwork (ideally already on ``device`` in
@@ -290,7 +322,8 @@ class Renderer:
         loaded LoRA networks and embeddings.  ``on_step(done, total)``
         runs after each sampler step (``total`` is the sampler's step count: A1111's DDIM/PLMS/UniPC grids can
         differ from ``steps`` by one); ``on_report`` gets each step's latents and denoised prediction (rows in
-        request order; for previews and tests).  Returns one output per request not cancelled, in request order.
+        request order; for previews and tests).  Returns one rendered job per request not cancelled, in request order
+        (images decoded, PNGs not yet encoded).
         Raises :class:`RequestError` for a bad batch, :class:`Cancelled`, and lets everything else
         (``torch.cuda.OutOfMemoryError`` included) propagate.
         """
@@ -345,12 +378,11 @@ class Renderer:
         return out
 
     def _finish(self, requests: Sequence[GenerateRequest], rows: BatchRows, latents: torch.Tensor, kept: set[int],
-                notes: Mapping[int, list[str]], encoders: Mapping[int, PromptEncoder]) -> list[RenderOutput]:
+                notes: Mapping[int, list[str]], encoders: Mapping[int, PromptEncoder]) -> list[RenderedJob]:
         wanted = [i for i in range(len(rows)) if i in kept]  # rows of jobs not cancelled, decoded together in chunks
         pictures = decode_latents(self.vae, latents[wanted], chunk=self.vae_chunk) if wanted else []
         by_row = dict(zip(wanted, pictures, strict=True))
-        jobs: list[tuple[GenerateRequest, list[int]]] = []
-        items: list[tuple[Image.Image, str]] = []  # every image of the batch with its infotext, encoded together
+        jobs: list[RenderedJob] = []
         for req in requests:
             idx = [i for i in rows.of_job(req.job_id) if i in kept]
             if not idx:
@@ -360,13 +392,11 @@ class Renderer:
                                                          PromptRequest(s.negative_prompt, 1, s.clip_skip, positive=False)])
             known = {e.name: e.short_hash for e in s.embeddings}
             hashes = [(e.name, h) for e in used if (h := known.get(e.name) or e.short_hash)]
-            jobs.append((req, idx))
-            items += [(by_row[i], settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash,
-                                                    embeddings=hashes, extra=self.vae_fields))
-                      for k, i in enumerate(idx)]
-        pngs = iter(self.png_encoder.encode(items))
-        return [RenderOutput(req.job_id, [by_row[i] for i in idx], [next(pngs) for _ in idx],
-                             [rows.rows[i].seed.seed for i in idx], list(notes[req.job_id])) for req, idx in jobs]
+            texts = [settings_infotext(s, k, model_name=self.model_name, model_hash=self.model_hash, embeddings=hashes,
+                                       extra=self.vae_fields) for k in range(len(idx))]
+            jobs.append(RenderedJob(req.job_id, [by_row[i] for i in idx], texts, [rows.rows[i].seed.seed for i in idx],
+                                    list(notes[req.job_id])))
+        return jobs
 
 
 def _check_models(req: GenerateRequest, hypernets: Mapping[str, Hypernetwork], loras: Mapping[str, LoraNetwork],
