@@ -233,7 +233,8 @@ class BatchRendered:
 
     Why: a client that waits for ``BatchDone`` before choosing the next batch leaves the device idle while PNGs are
     encoded and sent; on this message the local client sends the next batch at once, and it still chooses that
-    batch as late as it can (jobs that arrived during this one's denoising can join it).
+    batch as late as it can (jobs that arrived during this one's denoising can join it).  A standalone worker's Redis
+    endpoint reads its next entry on it instead; it never reaches a bot over Redis.
     """
 
     batch_id: int

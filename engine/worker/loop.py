@@ -13,12 +13,13 @@ that is unknown or fails to load fails only its jobs.
 
 Threads: the main thread loads the default checkpoint at start and runs batches; a reader thread takes messages
 while a batch runs, so ``Cancel`` lands between steps and ``Ping`` is answered with ``Health`` even
-mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  A finishing thread
-(:mod:`engine.worker.finisher`) encodes each batch's PNGs and sends its Results and ``BatchDone``, in order, while the
-main thread goes on: once a batch's device work is over the worker says ``BatchRendered``, the local client sends the
-next batch on it, and that batch denoises while the previous one's images are encoded and sent.  Because of
+mid-batch (a worker that stops answering is presumed hung and is replaced by the client).  Because of
 that, a render stuck inside the device does not stop the heartbeats; the client bounds each batch's time
-instead (``job_timeout_s``) and kills the worker when it runs past it.
+instead (``job_timeout_s``) and kills the worker when it runs past it.  A finishing thread
+(:mod:`engine.worker.finisher`) encodes each batch's PNGs and sends its Results and ``BatchDone``, in order, while the
+main thread goes on: once a batch's device work is over the worker says ``BatchRendered``, the next batch is sent on
+it (by the local client, or read by the Redis endpoint), and that batch denoises while the previous one's images are
+encoded and sent.
 
 Failures: out of memory → the batch is split in halves and retried, and only a single job that still
 does not fit fails (``out_of_memory``); a bad request (missing hypernet file, invalid option) fails its

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,12 +92,13 @@ class WorkStream:
             return self._admit(eid, fields, delivery=self._deliveries(eid))
         return None
 
-    def dead_letter_exhausted(self, skip: str | None) -> None:
-        """Dead-letter pending entries whose next delivery would be a third attempt (any worker may do this)."""
+    def dead_letter_exhausted(self, skip: Collection[str] = ()) -> None:
+        """Dead-letter pending entries whose next delivery would be a third attempt (any worker may do this); the
+        entries in ``skip`` (this worker's own) are left alone."""
         pending = self._r.xpending_range(self._layout.work, WORKER_GROUP, "-", "+", 20, idle=self._lease_ms)
         for item in pending:
             eid = _text(item["message_id"])
-            if eid == skip:
+            if eid in skip:
                 continue
             found = self._r.xrange(self._layout.work, eid, eid)
             if not found:

@@ -2,16 +2,19 @@
 
 Why an endpoint rather than a second worker: :class:`engine.worker.loop.Worker` already renders batches from an
 endpoint (``recv`` / ``send`` of protocol envelopes) and answers pings from a reader thread; over Redis the
-endpoint feeds it the same messages — one ``SubmitBatch`` at a time, only once the previous one's ``BatchDone`` is
-sent (its ``BatchRendered`` is not forwarded), so a busy worker never holds work another could start — and routes
-its answers to the bot that sent the batch.
+endpoint feeds it the same messages and routes its answers to the bot that sent each batch.  It takes a new entry
+only while the device is free: when it holds none, or when the one it holds has said ``BatchRendered`` (its PNGs
+and Results are still on their way, from the loop's finishing thread) — so a busy worker never holds work another
+could start, and the next batch still starts without waiting for the previous one's PNGs.  It holds two entries at
+most, and never two that share a batch id or a job id (two bots number their jobs apart): answers are routed by
+those ids, so such an entry waits, claimed and renewed, until the one it collides with is done.
 
 Threads (the batch loop's main thread is never blocked by Redis):
 
 * *work*: while idle, advertise this worker in ``P:idle`` (the bots' signal that it wants a batch), take a stale
   entry of a lost worker (``XAUTOCLAIM``) or the next new one, and dead-letter exhausted entries at any time;
 * *beat*: every ``heartbeat_interval_s`` a ``Ping`` for the loop (its ``Health`` becomes the registry entry),
-  the running entry's claim renewed, its jobs' cancel flags polled, and the render time limit enforced;
+  the held entries' claims renewed, their jobs' cancel flags polled, and the render time limit enforced;
 * *send*: the loop's messages to Redis, in order, each retried until Redis takes it (an outage loses nothing:
   the render goes on and its answers wait here).
 """
@@ -26,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -47,6 +50,7 @@ from engine.protocol import (
     Health,
     Hello,
     Ping,
+    Progress,
     Result,
     Shutdown,
     WorkerInfo,
@@ -61,6 +65,25 @@ log = logging.getLogger("engine.worker")
 EXIT_STUCK = 75  # the render ran past the time limit: its jobs were failed and the process ends to start clean
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+_MAX_HELD = 2  # the entry being rendered and, once it is rendered, the next one
+
+
+@dataclass(eq=False, slots=True)
+class _Held:
+    """An entry this worker claimed and fed to the loop: when it started, which of its jobs are answered."""
+
+    entry: Entry
+    started: float
+    answered: set[int] = field(default_factory=set)
+    cancel_sent: set[int] = field(default_factory=set)
+    rendered: bool = False  # the loop said BatchRendered: the device is free for the next entry
+
+    def pending(self) -> list[int]:
+        return [j for j in self.entry.todo if j not in self.answered | self.cancel_sent]
+
+    def collides(self, entry: Entry) -> bool:
+        """Answers could not be told apart: the same batch id, or a job id in both."""
+        return entry.batch.batch_id == self.entry.batch.batch_id or bool(set(entry.todo) & set(self.entry.todo))
 
 
 class RedisEndpoint:
@@ -74,14 +97,12 @@ class RedisEndpoint:
         self._exit = exit_process
         self._inbox: queue.SimpleQueue[Envelope] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._idle = threading.Event()  # set while the loop waits for a batch
+        self._idle = threading.Event()  # set while the device is free for another entry
         self._stopping = threading.Event()  # take no new batch
         self._closed = threading.Event()  # every thread ends
         self._lock = threading.Lock()
-        self._entry: Entry | None = None  # the batch being rendered
-        self._entry_started = 0.0
-        self._answered: set[int] = set()
-        self._cancel_sent: set[int] = set()
+        self._changed = threading.Condition(self._lock)  # an entry left: one waiting on a collision may go
+        self._held: list[_Held] = []  # entries fed to the loop and not done, oldest first
         self._info = WorkerInfo(name=name, pid=os.getpid(), host=socket.gethostname(), state="starting",
                                 protocol_version=PROTOCOL_VERSION, max_batch=fleet.worker.max_batch,
                                 started_at=time.time())
@@ -100,8 +121,9 @@ class RedisEndpoint:
         for thread in self._threads:
             thread.start()
 
-    def recv(self) -> Envelope:
-        return self._inbox.get()
+    def recv(self, timeout: float | None = None) -> Envelope:
+        """The next message for the loop (``queue.Empty`` once ``timeout`` seconds pass without one)."""
+        return self._inbox.get(timeout=timeout)
 
     def send(self, obj: object) -> None:
         self._outbox.put(obj.message if isinstance(obj, Envelope) else obj)
@@ -148,9 +170,9 @@ class RedisEndpoint:
     def _work_loop(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
-                running = self._entry.entry_id if self._entry else None
+                held = {h.entry.entry_id for h in self._held}
             if self._may_claim():
-                self._stream.dead_letter_exhausted(skip=running)
+                self._stream.dead_letter_exhausted(skip=held)
             if not self._idle.is_set():
                 self._idle.wait(0.5)
                 continue
@@ -166,18 +188,28 @@ class RedisEndpoint:
                 self._begin(entry)
 
     def _begin(self, entry: Entry) -> None:
+        self._idle.clear()
+        self._wait_for_no_collision(entry)
         cancelled: set[int] = set()
         self._call(lambda: cancelled.update(self._stream.cancelled(entry.bot, entry.todo)))
         with self._lock:
-            self._entry, self._entry_started = entry, time.monotonic()
-            self._answered, self._cancel_sent = set(), set(cancelled)
-            self._idle.clear()
+            self._held.append(_Held(entry, time.monotonic(), cancel_sent=set(cancelled)))
+            self._update_idle()  # not free again until this one says BatchRendered
         self._call(lambda: self._r.lrem(self._layout.idle, 0, self._name))
         self.send(BatchClaimed(entry.batch.batch_id, self._name, entry.attempt, entry.todo))
         for job_id in cancelled:
             self._inbox.put(wrap(Cancel(job_id)))
         todo = set(entry.todo)
         self._inbox.put(wrap(replace(entry.batch, requests=tuple(r for r in entry.batch.requests if r.job_id in todo))))
+
+    def _wait_for_no_collision(self, entry: Entry) -> None:
+        """Hold a claimed entry back (renewing its claim) while one still finishing shares its batch or job ids."""
+        while True:
+            with self._lock:
+                if not any(h.collides(entry) for h in self._held) or self._closed.is_set():
+                    return
+                self._changed.wait(self._fleet.heartbeat_interval_s)
+            self._call(functools.partial(self._stream.renew, entry.entry_id))
 
     def _beat_loop(self) -> None:
         nonce = 0
@@ -188,25 +220,26 @@ class RedisEndpoint:
                 nonce += 1
                 self._inbox.put(wrap(Ping(nonce)))  # the loop answers with Health -> the registry
             with self._lock:
-                entry, started = self._entry, self._entry_started
-                pending = [j for j in entry.todo if j not in self._answered | self._cancel_sent] if entry else []
-            if entry is None:
-                continue
-            if time.monotonic() - started > self._fleet.job_timeout_s:
-                self._give_up(entry)
-                return
-            self._stream.renew(entry.entry_id)
-            for job_id in self._stream.cancelled(entry.bot, pending):
-                with self._lock:
-                    self._cancel_sent.add(job_id)
-                self._inbox.put(wrap(Cancel(job_id)))
+                held = [(h, h.pending()) for h in self._held]
+            for h, pending in held:
+                if time.monotonic() - h.started > self._fleet.job_timeout_s:
+                    self._give_up(h)
+                    return
+                self._stream.renew(h.entry.entry_id)
+                for job_id in self._stream.cancelled(h.entry.bot, pending):
+                    with self._lock:
+                        h.cancel_sent.add(job_id)
+                    self._inbox.put(wrap(Cancel(job_id)))
 
-    def _give_up(self, entry: Entry) -> None:
-        """The batch ran past the time limit: fail what is unanswered (not retried), acknowledge it, exit."""
-        limit = self._fleet.job_timeout_s
+    def _give_up(self, held: _Held) -> None:
+        """The batch ran past the time limit: fail what is unanswered (not retried), acknowledge it, exit.
+
+        An entry still finishing beside it stays pending and is taken over like a lost worker's (its answered jobs
+        are skipped)."""
+        limit, entry = self._fleet.job_timeout_s, held.entry
         log.error("batch %s ran past the %g s render time limit: failing it and exiting", entry.batch.batch_id, limit)
         with self._lock:
-            answered = set(self._answered)
+            answered = set(held.answered)
         self._call(lambda: self._stream.fail_all(replace(entry, answered=entry.answered | answered),
                                                  lambda job_id: timed_out(job_id, limit)))
         self._exit(EXIT_STUCK)
@@ -233,28 +266,53 @@ class RedisEndpoint:
                                  checkpoint_loads=message.checkpoint_loads)
             self._publish_info()
             return
-        if isinstance(message, BatchRendered):
-            return  # this endpoint takes the next entry only once the batch is done (see the module docstring)
+        if isinstance(message, BatchRendered):  # not for the bot: the device is free, another entry may come
+            with self._lock:
+                for h in self._held:
+                    if h.entry.batch.batch_id == message.batch_id:
+                        h.rendered = True
+                self._update_idle()
+            return
         with self._lock:
-            entry = self._entry
-        if entry is None:
+            held = self._route(message)
+        if held is None:
             log.warning("dropping a %s sent outside any batch", type(message).__name__)
             return
+        entry = held.entry
         done = isinstance(message, BatchDone)
         self._stream.post(entry.bot, message, entry=entry, done=done)
         if isinstance(message, Result | Failure):
             with self._lock:
-                self._answered.add(message.job_id)
+                held.answered.add(message.job_id)
             if isinstance(message, Result):
                 self._info = replace(self._info, jobs_done=self._info.jobs_done + 1)
                 log.info("job %d done: %d images sent to bot %s", message.job_id, len(message.images), entry.bot)
         if done:
-            self._info = replace(self._info, busy=False)
-            self._publish_info()  # before asking for more, so a bot reading the registry sees it idle
             with self._lock:
-                self._entry = None
-                if not self._stopping.is_set():
-                    self._idle.set()
+                self._held.remove(held)
+                left = len(self._held)
+                self._changed.notify_all()
+            if not left:
+                self._info = replace(self._info, busy=False)
+                self._publish_info()  # before asking for more, so a bot reading the registry sees it idle
+            with self._lock:
+                self._update_idle()
+
+    def _route(self, message: object) -> _Held | None:
+        """The held entry a message of the loop belongs to (``_held`` never holds two that share these ids)."""
+        if isinstance(message, Result | Failure | Progress):
+            return next((h for h in self._held if message.job_id in h.entry.todo), None)
+        if isinstance(message, BatchDone | BatchClaimed):
+            return next((h for h in self._held if h.entry.batch.batch_id == message.batch_id), None)
+        return self._held[-1] if self._held else None  # FetchModel: for the batch the loop is preparing, the newest
+
+    def _update_idle(self) -> None:
+        """Under the lock: advertise for another entry when the device is free and there is room to hold one."""
+        free = not self._held or (len(self._held) < _MAX_HELD and all(h.rendered for h in self._held))
+        if free and not self._stopping.is_set():
+            self._idle.set()
+        else:
+            self._idle.clear()
 
     # ---- helpers --------------------------------------------------------------------------------
 
