@@ -131,10 +131,11 @@ class RedisEndpoint:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Take no new batch; the loop finishes the running one, then reads ``Shutdown``."""
-        self._stopping.set()
-        self._idle.clear()
-        self._inbox.put(wrap(Shutdown()))
+        """Take no new batch; the loop finishes the ones it was fed, then reads ``Shutdown``."""
+        with self._lock:
+            self._stopping.set()
+            self._idle.clear()
+            self._inbox.put(wrap(Shutdown()))
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush what the loop sent (up to ``timeout_s``), then leave the idle list and say ``stopped``."""
@@ -188,19 +189,25 @@ class RedisEndpoint:
                 self._begin(entry)
 
     def _begin(self, entry: Entry) -> None:
+        """Feed a claimed entry to the loop, or hand it back if this worker is stopping (the loop would read
+        ``Shutdown`` first: ``stop`` queues it under the same lock)."""
         self._idle.clear()
         self._wait_for_no_collision(entry)
         cancelled: set[int] = set()
         self._call(lambda: cancelled.update(self._stream.cancelled(entry.bot, entry.todo)))
-        with self._lock:
-            self._held.append(_Held(entry, time.monotonic(), cancel_sent=set(cancelled)))
-            self._update_idle()  # not free again until this one says BatchRendered
         self._call(lambda: self._r.lrem(self._layout.idle, 0, self._name))
-        self.send(BatchClaimed(entry.batch.batch_id, self._name, entry.attempt, entry.todo))
-        for job_id in cancelled:
-            self._inbox.put(wrap(Cancel(job_id)))
         todo = set(entry.todo)
-        self._inbox.put(wrap(replace(entry.batch, requests=tuple(r for r in entry.batch.requests if r.job_id in todo))))
+        with self._lock:
+            if not self._stopping.is_set():
+                self._held.append(_Held(entry, time.monotonic(), cancel_sent=set(cancelled)))
+                self._update_idle()  # not free again until this one says BatchRendered
+                self.send(BatchClaimed(entry.batch.batch_id, self._name, entry.attempt, entry.todo))
+                for job_id in cancelled:
+                    self._inbox.put(wrap(Cancel(job_id)))
+                self._inbox.put(wrap(replace(entry.batch, requests=tuple(r for r in entry.batch.requests
+                                                                         if r.job_id in todo))))
+                return
+        self._call(functools.partial(self._stream.release, entry))
 
     def _wait_for_no_collision(self, entry: Entry) -> None:
         """Hold a claimed entry back (renewing its claim) while one still finishing shares its batch or job ids."""
@@ -256,8 +263,8 @@ class RedisEndpoint:
                                  checkpoint_loads=message.checkpoint_loads)
             self._publish_info()
             log.info("worker %s ready on %s; waiting for batches", self._name, message.device)
-            if not self._stopping.is_set():
-                self._idle.set()
+            with self._lock:
+                self._update_idle()
             return
         if isinstance(message, Health):
             self._info = replace(self._info, busy=message.busy, vram_used_bytes=message.vram_used_bytes,

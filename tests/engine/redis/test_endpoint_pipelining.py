@@ -9,6 +9,7 @@ ids collide with one still finishing waits, claimed, until that one is done.  Th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import time
@@ -172,3 +173,22 @@ def test_an_entry_whose_job_id_is_still_finishing_waits_for_it(loop: Loop) -> No
         events = loop.events(bot)
         assert [type(m) for m in events] == [BatchClaimed, Result, BatchDone], (bot, events)
         assert events[0].batch_id == batch_id and events[1].job_id == 7  # type: ignore[attr-defined]
+
+
+def test_an_entry_held_back_when_the_worker_stops_is_handed_back_not_lost(loop: Loop) -> None:
+    first = loop.add("b1", 1, 9)
+    loop.next_batch()
+    loop.endpoint.send(wrap(BatchRendered(1)))
+    loop.add("b2", 6, 9)
+    loop.wait(lambda: loop.claimed() == 2, "the colliding entry is claimed and held back")
+    loop.endpoint.stop()  # SIGTERM: finish what was fed, take nothing new
+    loop.answer(first)
+    loop.wait(lambda: loop.claimed() == 0, "the held-back entry is handed back")
+    left = [decode(fields[b"body"]) for _, fields in loop.r.xrange(loop.layout.work)]
+    assert [(b.batch_id, [r.job_id for r in b.requests]) for b in left] == [(6, [9])], left  # type: ignore[attr-defined]
+    fed = []
+    deadline = time.monotonic() + QUIET_S
+    with contextlib.suppress(queue.Empty):
+        while (left := deadline - time.monotonic()) > 0:
+            fed.append(type(loop.endpoint.recv(timeout=left).message).__name__)
+    assert "Shutdown" in fed and "SubmitBatch" not in fed, fed
