@@ -36,17 +36,22 @@ class Faults:
     slow_step_s: float = 0.0
     hang_marker: str = ""  # block the render for hang_s after the first step (a stuck kernel: pings still answered)
     hang_s: float = 3600.0
+    slow_finish_marker: str = ""  # the finishing thread sleeps slow_finish_s before encoding such a batch's PNGs
+    slow_finish_s: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Faults:
         raw = environ.get(FAULTS_ENV, "")
         return cls(**json.loads(raw)) if raw else cls()
 
-    def fire(self, requests: Sequence[GenerateRequest], step: int) -> None:
-        prompts = [r.settings.prompt for r in requests]
+    def fire_finishing(self, requests: Sequence[GenerateRequest]) -> None:
+        """On the finishing thread, before a batch's PNGs are encoded (a slow PNG stage, for pipelining tests)."""
+        if _holds(requests, self.slow_finish_marker):
+            time.sleep(self.slow_finish_s)
 
+    def fire(self, requests: Sequence[GenerateRequest], step: int) -> None:
         def has(marker: str) -> bool:
-            return bool(marker) and any(marker in p for p in prompts)
+            return _holds(requests, marker)
 
         if has(self.slow_marker):
             time.sleep(self.slow_step_s)
@@ -63,3 +68,7 @@ class Faults:
             import torch
 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+
+def _holds(requests: Sequence[GenerateRequest], marker: str) -> bool:
+    return bool(marker) and any(marker in r.settings.prompt for r in requests)

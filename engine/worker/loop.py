@@ -377,11 +377,14 @@ class Worker:
         by_id = {r.job_id: r for r in requests}
         finished = [job for job in rendered if job.job_id not in done and job.job_id in by_id]
         self._stats.images += sum(len(job.images) for job in finished)
-        self._finisher.submit(lambda: self._send_results(renderer, finished, progress.started))
+        asked = [by_id[job.job_id] for job in finished]
+        self._finisher.submit(lambda: self._send_results(renderer, finished, asked, progress.started))
 
-    def _send_results(self, renderer: Renderer, jobs: list[RenderedJob], started: float) -> None:
+    def _send_results(self, renderer: Renderer, jobs: list[RenderedJob], requests: list[GenerateRequest],
+                      started: float) -> None:
         """On the finishing thread: encode the jobs' PNGs and send their Results (a failure fails those jobs only)."""
         try:
+            self._faults.fire_finishing(requests)
             outputs = renderer.encode(jobs)
         except Exception:
             log.exception("encoding the PNGs failed")

@@ -3,7 +3,9 @@
 dies with two batches in hand.
 
 The transport is the real :class:`LocalWorkers`; it is only watched: every message the client sends and every
-message that reaches its inbox is logged, in the event loop's order, so the test can say which came first.
+message that reaches its inbox is logged, in the event loop's order, so the test can say which came first.  The
+first batch's PNG stage is made slow (a test fault, ``slow_finish_marker``): its ``BatchDone`` then comes seconds
+after its ``BatchRendered``, and the order seen does not depend on how fast this machine is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tests.requests import request
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
 _ids = itertools.count(5000)
+SLOW_FINISH_S = 3.0  # a batch's PNG stage made slow, so its BatchDone comes well after its BatchRendered
 
 
 class WatchedInbox:
@@ -87,7 +90,8 @@ class WatchedWorkers:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine():
     config = WorkerConfig(checkpoint="tiny", device="cpu", dtype="float32", max_batch=4, progress_interval_s=1.0)
-    workers = WatchedWorkers({"OMP_NUM_THREADS": "1", "HYPERCORD_TEST_FAULTS": json.dumps({"crash_marker": "@CRASH@"})})
+    faults = {"crash_marker": "@CRASH@", "slow_finish_marker": "@SLOWPNG@", "slow_finish_s": SLOW_FINISH_S}
+    workers = WatchedWorkers({"OMP_NUM_THREADS": "1", "HYPERCORD_TEST_FAULTS": json.dumps(faults)})
     client = EngineClient(config, transport=workers, heartbeat_interval_s=0.3, heartbeat_timeout_s=5.0,
                           start_timeout_s=90.0, restart_backoff=(0.1,))
     await client.start()
@@ -115,7 +119,7 @@ async def events(handle) -> list:
 
 async def test_the_next_batch_is_sent_on_batch_rendered_before_the_previous_one_is_done(engine) -> None:
     client, workers = engine
-    first, second = job(1, 64), job(2, 72)  # two sizes: two batches
+    first, second = job(1, 64, "@SLOWPNG@ a lighthouse at dusk"), job(2, 72)  # two sizes: two batches
     handles = [client.submit(first), client.submit(second)]
     outcomes = await asyncio.gather(*(events(h) for h in handles))
     assert all(isinstance(evs[-1], Result) for evs in outcomes)
