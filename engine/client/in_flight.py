@@ -60,22 +60,12 @@ class InFlight:
             return True
         return len(self._batches) < self.depth and self._batches[-1].rendered
 
-    def job(self, job_id: int) -> QueuedJob | None:
-        for batch in self._batches:
-            if job_id in batch.jobs:
-                return batch.jobs[job_id]
-        return None
-
     def __contains__(self, job_id: object) -> bool:
         return any(job_id in batch.jobs for batch in self._batches)
 
     def __len__(self) -> int:
         """Unanswered jobs in all batches in flight."""
         return sum(len(batch.jobs) for batch in self._batches)
-
-    def jobs(self) -> list[QueuedJob]:
-        """Every unanswered job, oldest batch first."""
-        return [job for batch in self._batches for job in batch.jobs.values()]
 
     # ---- changes --------------------------------------------------------------------------------
 
@@ -123,6 +113,6 @@ class InFlight:
 
     def clear(self) -> list[QueuedJob]:
         """Every unanswered job, oldest batch first, and nothing in flight afterwards (the worker is gone)."""
-        jobs = self.jobs()
+        jobs = [job for batch in self._batches for job in batch.jobs.values()]
         self._batches.clear()
         return jobs
